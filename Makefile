@@ -1,0 +1,41 @@
+# One-command entry points. `make test` and `make demo` install first when .venv is missing.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch: a build that runs on this machine's CPU and imports next to torchvision (see README).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+DATASET ?= csv
+ROOT ?= ../shared/data/clive-dev
+OUT ?= shards/$(DATASET)
+CONFIG ?= configs/annotate/offline.yaml
+PART ?= 0/1
+
+.PHONY: install test demo annotate bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m demo
+
+annotate: $(STAMP)
+	$(BIN)/python -m annotate --dataset $(DATASET) --root $(ROOT) --out $(OUT) --config $(CONFIG) --part $(PART)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/annotation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

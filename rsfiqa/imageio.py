@@ -1,0 +1,95 @@
+"""Robust image reading shared by annotation, training data and scoring.
+
+Every reader of user images goes through :func:`load_rgb`, so each kind of bad input gets the
+same documented treatment (README, "Failure behaviour"):
+
+* unreadable, empty, truncated or non-image files raise :class:`ImageError` naming the file;
+* EXIF orientation is applied (photos are processed upright);
+* grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images become 8-bit RGB;
+* animated images use their first frame (recorded in ``info["frames"]``);
+* images over ``max_pixels`` are refused with a clear message (decompression-bomb guard);
+  callers that prefer downscaling pass ``downscale_to`` (long side in pixels).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 120_000_000  # 120 MP: more than any IQA dataset, far less than a bomb
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file and the problem."""
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = (arr - arr.min()) / max(float(np.ptp(arr)), 1e-12)
+        return Image.fromarray((arr * 255 + 0.5).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               downscale_to: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode image bytes to an upright HxWx3 uint8 RGB array; see the module docstring."""
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    info: dict[str, Any] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels and downscale_to is None:
+                raise ImageError(f"{name}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
+                                 f"{max_pixels / 1e6:.0f} MP (decompression-bomb guard); downscale it first "
+                                 f"or raise max_pixels")
+            info["frames"] = getattr(img, "n_frames", 1)
+            info["mode"] = img.mode
+            if downscale_to is not None and max(w, h) > downscale_to and hasattr(img, "draft"):
+                img.draft("RGB", (downscale_to, downscale_to))  # JPEG: decode at reduced size
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name}: refused by the decompression-bomb guard ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a readable image (unknown format)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: broken image data ({e})") from e
+    rgb = _to_rgb8(img)
+    if downscale_to is not None and max(rgb.size) > downscale_to:
+        scale = downscale_to / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BICUBIC)
+        info["downscaled_to"] = rgb.size
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{name}: image has no pixels")
+    return arr, info
+
+
+def load_rgb(path: str | Path, **kwargs: Any) -> tuple[np.ndarray, bytes, dict[str, Any]]:
+    """Read ``path``: (upright RGB uint8 array, the file's original bytes, info)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
+    arr, info = decode_rgb(data, str(path), **kwargs)
+    return arr, data, info
