@@ -1,0 +1,183 @@
+"""The RSFIQA LightningModule: training, evaluation and prediction around :class:`RSFIQANet`.
+
+Loss: eq. (11), MSE between the predicted and the normalised MOS. Metrics (paper "Metrics", plus
+KRCC and RMSE): PLCC (eq. 12), SRCC, KRCC and RMSE on the normalised scale, from torchmetrics,
+logged as ``{stage}/plcc`` etc. and ``{stage}/loss`` (the epoch MSE). Several test sets (cross-
+dataset protocol) each keep their own metrics, logged as ``test/<dataset>/srcc``; they are never
+pooled. Optimiser and schedule follow "Training Details": AdamW (lr 3e-5, weight decay 1e-5) with
+per-part learning rates, cosine annealing (T_max 50, eta_min 0), stepped once per epoch.
+
+Under DDP every rank evaluates the whole validation/test set (see ``ShardDataModule``), so
+evaluation metrics are computed locally (identical on all ranks, nothing padded or duplicated);
+training metrics cover disjoint samples and are synchronised.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+
+from rsfiqa import contract
+from rsfiqa.model.net import RSFIQANet
+
+NET_ARGS = tuple(p for p in inspect.signature(RSFIQANet.__init__).parameters if p != "self")
+METRIC_NAMES = ("plcc", "srcc", "krcc", "rmse")
+
+
+def quality_metrics(prefix: str, sync: bool) -> MetricCollection:
+    """Epoch loss (MSE) and PLCC, SRCC, KRCC, RMSE on the normalised MOS scale."""
+    kw = {"sync_on_compute": sync}
+    return MetricCollection({"loss": MeanSquaredError(**kw), "plcc": PearsonCorrCoef(**kw),
+                             "srcc": SpearmanCorrCoef(**kw), "krcc": KendallRankCorrCoef(**kw),
+                             "rmse": MeanSquaredError(squared=False, **kw)}, prefix=prefix)
+
+
+class RSFIQAModule(LightningModule):
+    """RSFIQANet plus loss, metrics and optimiser.
+
+    The arguments up to ``img_size`` are :class:`rsfiqa.model.net.RSFIQANet`'s, passed through.
+
+    Args:
+        lr: AdamW learning rate (paper: 3e-5); the fusion/RSA/head parameters always use it.
+        weight_decay: AdamW weight decay (paper: 1e-5).
+        t_max: cosine annealing period in epochs (paper: 50).
+        eta_min: cosine annealing floor (paper: 0).
+        backbone_lr: learning rate of the image backbone (None = lr).
+        text_lr: learning rate of the text encoder when it is not frozen (None = lr).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        pretrained: bool | str | None = None,
+        num_regions: int = 5,
+        embed_dim: int = 256,
+        num_heads: int = 4,
+        use_mhf: bool = True,
+        use_text: bool = True,
+        use_rsa: bool = True,
+        rsa_hard_mask: bool = False,
+        text_encoder: str = "clip",
+        text_model: str = "ViT-B-32",
+        text_pretrained: str | None = None,
+        freeze_text: bool = True,
+        freeze_backbone: bool = False,
+        out_indices: tuple[int, ...] | None = None,
+        head_self_attn: bool = True,
+        pool: str = "mean",
+        dropout: float = 0.1,
+        img_size: int | None = None,
+        lr: float = 3e-5,
+        weight_decay: float = 1e-5,
+        t_max: int = 50,
+        eta_min: float = 0.0,
+        backbone_lr: float | None = None,
+        text_lr: float | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = RSFIQANet(**{name: self.hparams[name] for name in NET_ARGS})
+        self.train_metrics = quality_metrics("train/", sync=True)
+        self.val_metrics = quality_metrics("val/", sync=False)
+        self.test_metrics = nn.ModuleList()
+        self.test_names: dict[int, str] = {}
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """Predicted normalised quality [B] of a data-module batch."""
+        return self.net(batch["image"], batch["label_map"], batch["region_valid"], batch["texts"])
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        pred = self(batch)
+        loss = F.mse_loss(pred, batch["mos_norm"])  # eq. (11)
+        self.log("train/loss_step", loss, prog_bar=True, batch_size=len(pred))
+        self.train_metrics.update(pred.detach(), batch["mos_norm"])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update(self(batch), batch["mos_norm"])
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.test_names.setdefault(dataloader_idx, batch["dataset"][0])
+        self.test_metrics[dataloader_idx].update(self(batch), batch["mos_norm"])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """One row per image: key, dataset, image name, predicted normalised score, the prediction on
+        the dataset's own MOS scale, and the true MOS."""
+        pred = self(batch).float().cpu().tolist()
+        return [{"key": batch["key"][i], "dataset": batch["dataset"][i], "image": batch["image_name"][i],
+                 "pred_norm": p,
+                 "pred_mos": contract.denormalise_mos(p, batch["mos_range"][i].tolist(),
+                                                      bool(batch["higher_better"][i])),
+                 "mos": float(batch["mos"][i])} for i, p in enumerate(pred)]
+
+    # ---------------------------------------------------------------- epoch ends
+    def _compute(self, metrics: MetricCollection) -> dict[str, float]:
+        values = {k: float(v) for k, v in metrics.compute().items()}
+        metrics.reset()
+        return values
+
+    def _log_epoch(self, values: dict[str, float]) -> None:
+        # identical on every rank for evaluation, already synchronised for training: the mean is exact
+        self.log_dict(values, sync_dist=True, add_dataloader_idx=False)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self._compute(self.train_metrics))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self._compute(self.val_metrics))
+
+    def on_test_start(self) -> None:
+        loaders = self.trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+        self.test_metrics = nn.ModuleList(quality_metrics("", sync=False) for _ in range(count)).to(self.device)
+        self.test_names = {}
+
+    def on_test_epoch_end(self) -> None:
+        """Log each test set's metrics separately and print a per-dataset table."""
+        names = self._unique_test_names()
+        table = {}
+        for idx, name in names.items():
+            values = self._compute(self.test_metrics[idx])
+            prefix = "test/" if len(self.test_metrics) == 1 else f"test/{name}/"
+            self._log_epoch({prefix + k: v for k, v in values.items()})
+            table[name] = values
+        self.print(format_table(table))
+
+    def _unique_test_names(self) -> dict[int, str]:
+        names: dict[int, str] = {}
+        for idx, name in sorted(self.test_names.items()):
+            names[idx] = name if name not in names.values() else f"{name}#{idx}"
+        return names
+
+    # ---------------------------------------------------------------- optimiser, checkpoint
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the net's parameter groups, cosine-annealed once per epoch."""
+        hp = self.hparams
+        lrs = {"backbone": hp.backbone_lr, "text": hp.text_lr, "head": None}
+        groups = [{"params": params, "lr": hp.lr if lrs[name] is None else lrs[name], "name": name}
+                  for name, params in self.net.param_groups().items() if params]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.t_max, eta_min=hp.eta_min)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the data settings scoring needs (MOS scales, input size, text settings)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "state_dict"):
+            checkpoint["rsfiqa_data"] = datamodule.state_dict()
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """A small plain-text table: one line per dataset, columns PLCC SRCC KRCC RMSE."""
+    width = max([7, *(len(n) for n in rows)])
+    lines = [f"{'dataset':<{width}}  " + "  ".join(f"{m.upper():>6}" for m in METRIC_NAMES)]
+    lines += [f"{name:<{width}}  " + "  ".join(f"{values[m]:>6.3f}" for m in METRIC_NAMES)
+              for name, values in rows.items()]
+    return "\n".join(lines)
