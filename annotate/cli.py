@@ -1,0 +1,58 @@
+"""Command line of the annotation stage (``python -m annotate`` / ``make annotate``).
+
+    python -m annotate --dataset koniq --root /data/koniq10k --out shards/koniq \
+        [--config configs/annotate/paper.yaml] [--part i/N] [--limit N] [--force-new] \
+        [segmenter.checkpoint=/models/sam_vit_h_4b8939.pth batch_size=16 ...]
+
+Exit status 0 when the run completes (skipped samples are reported, not fatal); 1 with a
+one-line message for an expected error (missing label file, settings mismatch, bad config).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from omegaconf.errors import OmegaConfBaseException
+
+from annotate.config import AnnotateError, load_config
+from annotate.datasets import DatasetError
+from annotate.describe.backends import MissingExtraError
+from annotate.pipeline import annotate, parse_part
+from rsfiqa.contract import ContractError
+from rsfiqa.imageio import ImageError
+
+# Errors a user can cause and fix; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (AnnotateError, DatasetError, MissingExtraError, ContractError, ImageError,
+                   OmegaConfBaseException, OSError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="adapter name, case-insensitive (koniq, kadid, live, csiq, "
+                                                    "tid2013, clive, spaq, csv)")
+    p.add_argument("--root", required=True, help="the dataset's folder, in its official layout")
+    p.add_argument("--out", required=True, help="shard directory (created; a rerun resumes it)")
+    p.add_argument("--config", default=None, help="annotation YAML (default configs/annotate/offline.yaml; "
+                                                   "relative paths are also looked up in the repository)")
+    p.add_argument("--part", default="0/1", help="i/N: annotate every N-th sample from the i-th (default 0/1)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N samples in key order (trials)")
+    p.add_argument("--force-new", action="store_true",
+                   help="delete the shards already in --out instead of refusing other settings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. segmenter.name=sam")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = annotate(args.dataset, args.root, args.out, cfg, part=parse_part(args.part), limit=args.limit,
+                           force_new=args.force_new, progress=not args.no_progress)
+    except EXPECTED_ERRORS as e:
+        print(f"annotate: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    print(summary.report())
+    return 0

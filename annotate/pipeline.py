@@ -1,0 +1,307 @@
+"""The annotation stage: dataset -> segmenter (eq. 5) -> describer -> resumable webdataset shards.
+
+``annotate(dataset, root, out, cfg, part=(i, N))`` processes one part of a dataset:
+
+1. the adapter reads the labels; samples are ordered by their contract key (``sample_key``), so
+   the order never depends on the file system;
+2. ``--limit`` keeps the first samples of that order; part ``i`` of ``N`` takes every N-th of them
+   (``ordered[i::N]``), so N processes, one GPU each, can fill ONE output directory;
+3. samples whose key is in a completed shard (any part) are skipped: a rerun only does what is
+   missing (writer.py describes the resume rules);
+4. images load through ``rsfiqa.imageio.load_rgb``; an unreadable image is recorded as skipped
+   with its reason and the run goes on;
+5. segment, describe (``batch_size`` images at a time), build the contract record with the
+   region texts, and write the original bytes + label map + record to the part's shards;
+6. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.
+
+The summary (printed and saved) counts the samples selected, already done, written and skipped
+(each skip with its item, reason and stage, plus counts by reason), regions left without a
+description (by ``missing_reason``), and the seconds and images/s of each stage: ``load``
+(read + decode), ``segment``, ``describe``, ``write`` (record + region texts + label-map PNG +
+tar). One-time start-up costs (model loading, imports) are outside the stage clocks.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from annotate.config import ConfigError, section
+from annotate.datasets import get_adapter
+from annotate.describe import build_describer
+from annotate.segment import build_segmenter
+from annotate.segment.postprocess import downscale, resize_segmentation
+from annotate.types import Describer, Sample, Segmentation, Segmenter, Skipped
+from annotate.writer import (PartShardWriter, claim_settings, discard_outputs, part_lock, part_prefix,
+                             rebuild_index, scan_shards, summary_path)
+from rsfiqa.contract import (CONTRACT_VERSION, clip_token_count, empty_region, encode_sample, make_record,
+                             region_text, sample_key)
+from rsfiqa.imageio import ImageError, load_rgb
+
+T = TypeVar("T")
+STAGES = ("load", "segment", "describe", "write")
+# Installed packages whose version can change the bytes of a shard (recorded, and part of the
+# settings fingerprint); a package that is not installed is recorded as null.
+VERSIONED_PACKAGES = ("numpy", "pillow", "scipy", "scikit-image", "torch", "segment-anything",
+                      "transformers", "vllm", "open_clip_torch", "webdataset")
+
+
+@dataclass
+class Summary:
+    """What one part's run did; ``to_dict`` is saved as ``summary-<dataset>-p<i>of<N>.json``."""
+
+    dataset: str
+    part: str
+    out: str
+    selected: int = 0
+    already_done: int = 0
+    written: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    missing_descriptions: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    stage_images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    wall_seconds: float = 0.0
+    shards_written: list[str] = field(default_factory=list)
+    discarded_temp_files: list[str] = field(default_factory=list)
+    index_count: int = 0
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Skips counted by their reason without the parenthesised detail."""
+        return dict(Counter(s["reason"].split(" (")[0] for s in self.skipped).most_common())
+
+    def images_per_second(self) -> dict[str, float | None]:
+        """Throughput of each stage over the time spent in it."""
+        return {s: (self.stage_images[s] / self.stage_seconds[s] if self.stage_seconds[s] > 0 else None)
+                for s in STAGES}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "skipped_by_reason": self.skipped_by_reason(),
+                "images_per_second": self.images_per_second()}
+
+    def report(self) -> str:
+        """A short human-readable account of the run."""
+        rates = self.images_per_second()
+        stages = ", ".join(f"{s} {self.stage_seconds[s]:.1f}s ({rates[s]:.1f} img/s)" if rates[s] else f"{s} -"
+                           for s in STAGES)
+        lines = [f"annotate {self.dataset} part {self.part} -> {self.out}",
+                 f"  selected {self.selected}, already done {self.already_done}, written {self.written}, "
+                 f"skipped {len(self.skipped)}; index.json now counts {self.index_count} samples",
+                 f"  wall {self.wall_seconds:.1f}s; {stages}"]
+        lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
+        lines += [f"  missing region descriptions x{n}: {reason}" for reason, n in self.missing_descriptions.items()]
+        return "\n".join(lines)
+
+
+class StageClock:
+    """Accumulates time and image counts per stage into a :class:`Summary`."""
+
+    def __init__(self, summary: Summary):
+        self.summary = summary
+
+    @contextmanager
+    def stage(self, name: str, images: int) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.summary.stage_seconds[name] += time.perf_counter() - t0
+        self.summary.stage_images[name] += images
+
+    def rates(self) -> str:
+        return " ".join(f"{s} {r:.1f}/s" for s, r in self.summary.images_per_second().items() if r)
+
+
+# --------------------------------------------------------------------------- selection
+def parse_part(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 0 <= i < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--part must look like i/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--part {text}: need 0 <= i < N")
+    return i, n
+
+
+def order_samples(samples: Sequence[Sample]) -> tuple[list[tuple[str, Sample]], list[Skipped]]:
+    """Samples sorted by contract key; a second sample with an already used key is skipped."""
+    by_key: dict[str, Sample] = {}
+    skipped = []
+    for s in samples:
+        key = sample_key(s.dataset, s.image_name)
+        if key in by_key:
+            skipped.append(Skipped(s.image_name, f"duplicate entry (same key as {by_key[key].image_name})"))
+        else:
+            by_key[key] = s
+    return sorted(by_key.items()), skipped
+
+
+def select_part(ordered: Sequence[tuple[str, Sample]], part: tuple[int, int],
+                limit: int | None = None) -> list[tuple[str, Sample]]:
+    """The first ``limit`` samples of the key order, then every N-th from position i."""
+    i, n = part
+    return list(ordered[:limit][i::n])
+
+
+def built(what: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``build(*args, **kwargs)``; a bad name or option becomes a :class:`ConfigError` naming ``what``."""
+    try:
+        return build(*args, **kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{what}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+
+
+# --------------------------------------------------------------------------- annotator record
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`VERSIONED_PACKAGES` (None when absent)."""
+    versions: dict[str, str | None] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def annotator_info(segmenter: Segmenter, describer: Describer, cfg: DictConfig) -> dict[str, Any]:
+    """The record's ``annotator`` entry: component settings, image handling, versions."""
+    return {"segmenter": segmenter.settings(), "describer": describer.settings(), "image": section(cfg, "image"),
+            "versions": {"contract": CONTRACT_VERSION, **package_versions()}}
+
+
+def settings_fingerprint(dataset: str, cfg: DictConfig, annotator: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that changes what a sample's record contains (not shard sizes, batch size or parts)."""
+    return {"dataset": dataset, "dataset_options": section(cfg, "dataset"), "num_regions": cfg.num_regions,
+            "annotator": dict(annotator)}
+
+
+# --------------------------------------------------------------------------- stages
+class LoadedImage(NamedTuple):
+    key: str
+    sample: Sample
+    data: bytes                   # the file's original bytes (stored unchanged)
+    full_shape: tuple[int, int]   # (H, W) of the upright image: the label map's size in the shard
+    rgb: np.ndarray               # the image segmented and described (downscaled when configured)
+
+
+def load_images(batch: Sequence[tuple[str, Sample]], cfg: DictConfig, summary: Summary) -> list[LoadedImage]:
+    """The batch's loadable images; the others are recorded in ``summary.skipped`` with the reason."""
+    loaded = []
+    for key, sample in batch:
+        try:
+            rgb, data, _ = load_rgb(sample.image_path, max_pixels=cfg.image.max_pixels)
+        except ImageError as e:
+            reason = str(e).removeprefix(f"{sample.image_path}: ")
+            summary.skipped.append({"item": sample.image_name, "reason": reason, "stage": "load"})
+            continue
+        loaded.append(LoadedImage(key, sample, data, rgb.shape[:2], downscale(rgb, cfg.image.downscale_long_side)))
+    return loaded
+
+
+def segment_images(segmenter: Segmenter, images: Sequence[np.ndarray]) -> list[Segmentation]:
+    """Segment a batch, through ``segment_batch`` where the segmenter has one."""
+    batch_fn = getattr(segmenter, "segment_batch", None)
+    return list(batch_fn(images)) if batch_fn else [segmenter.segment(im) for im in images]
+
+
+def region_records(seg: Segmentation, descriptions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Contract region entries: geometry from the segmentation, description + text from the describer."""
+    return [{**empty_region(r, area, score, valid), **desc, "text": region_text(desc)}
+            for r, (valid, area, score, desc)
+            in enumerate(zip(seg.valid, seg.area, seg.seg_score, descriptions, strict=True))]
+
+
+def build_sample(image: LoadedImage, seg: Segmentation, descriptions: Sequence[Mapping[str, Any]],
+                 annotator: Mapping[str, Any]) -> dict[str, bytes]:
+    """The encoded webdataset sample; the label map is brought back to the original resolution."""
+    sample = image.sample
+    seg = resize_segmentation(seg, image.full_shape)
+    record = make_record(dataset=sample.dataset, image=sample.image_name, mos=sample.mos,
+                         mos_range=sample.mos_range, higher_better=sample.higher_better, ref=sample.ref,
+                         splits=sample.splits, regions=region_records(seg, descriptions), annotator=annotator,
+                         **sample.extra)
+    return encode_sample(image.key, image.data, sample.image_name, seg.label_map, record)
+
+
+def count_missing(descriptions: Sequence[Mapping[str, Any]], summary: Summary) -> None:
+    """Tally regions without a description by their ``missing_reason``."""
+    for d in descriptions:
+        if d.get("content") is None and d.get("levels") is None:
+            reason = str(d.get("missing_reason") or "no reason given")
+            summary.missing_descriptions[reason] = summary.missing_descriptions.get(reason, 0) + 1
+
+
+def annotate_batch(batch: Sequence[tuple[str, Sample]], segmenter: Segmenter, describer: Describer,
+                   writer: PartShardWriter, annotator: Mapping[str, Any], cfg: DictConfig,
+                   clock: StageClock) -> None:
+    """Load, segment, describe and write one batch of samples."""
+    summary = clock.summary
+    with clock.stage("load", len(batch)):
+        loaded = load_images(batch, cfg, summary)
+    if not loaded:
+        return
+    images = [item.rgb for item in loaded]
+    with clock.stage("segment", len(images)):
+        segs = segment_images(segmenter, images)
+    with clock.stage("describe", len(images)):
+        descriptions = describer.describe(images, segs)
+    with clock.stage("write", len(images)):
+        for image, seg, desc in zip(loaded, segs, descriptions, strict=True):
+            count_missing(desc, summary)
+            writer.write(build_sample(image, seg, desc, annotator))
+            summary.written += 1
+
+
+# --------------------------------------------------------------------------- the run
+def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, part: tuple[int, int] = (0, 1),
+             limit: int | None = None, force_new: bool = False, progress: bool = True) -> Summary:
+    """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    adapter = built(f"dataset {dataset!r}", get_adapter, dataset, **section(cfg, "dataset"))
+    name = adapter.dataset_name
+    samples, adapter_skips = adapter.load(Path(root))
+    ordered, duplicate_skips = order_samples(samples)
+    selected = select_part(ordered, part, limit)
+
+    segmenter = built("segmenter", build_segmenter, {**section(cfg, "segmenter"), "num_regions": cfg.num_regions})
+    describer = built("describer", build_describer, section(cfg, "describer"))
+    annotator = annotator_info(segmenter, describer, cfg)
+    clip_token_count("")  # loads region_text's tokenizer (imports open_clip) before the stage clocks run
+
+    out.mkdir(parents=True, exist_ok=True)
+    if force_new:
+        discard_outputs(out)
+    claim_settings(out, settings_fingerprint(name, cfg, annotator))
+
+    prefix = part_prefix(name, *part)
+    summary = Summary(dataset=name, part=f"{part[0]}/{part[1]}", out=str(out), selected=len(selected))
+    summary.skipped += [{"item": s.item, "reason": s.reason, "stage": "labels"}
+                        for s in [*adapter_skips, *duplicate_skips]]
+    with part_lock(out, prefix):
+        writer = PartShardWriter(out, prefix, cfg.shards.maxcount, cfg.shards.maxsize)
+        summary.discarded_temp_files = [p.name for p in writer.discard_temp_files()]
+        done = {k for keys in scan_shards(out).values() for k in keys}
+        todo = [(k, s) for k, s in selected if k not in done]
+        summary.already_done = len(selected) - len(todo)
+        clock = StageClock(summary)
+        with writer, tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start:start + cfg.batch_size]
+                annotate_batch(batch, segmenter, describer, writer, annotator, cfg, clock)
+                bar.update(len(batch))
+                bar.set_postfix_str(clock.rates(), refresh=False)
+        summary.shards_written = [p.name for p in writer.completed]
+        shards = rebuild_index(out, name, annotator)
+    summary.index_count = sum(len(keys) for keys in shards.values())
+    summary.wall_seconds = time.perf_counter() - t_start
+    path = summary_path(out, name, *part)
+    path.write_text(json.dumps(summary.to_dict(), indent=1, sort_keys=True))
+    return summary
