@@ -12,6 +12,8 @@ ROOT ?= ../shared/data/clive-dev
 OUT ?= shards/$(DATASET)
 CONFIG ?= configs/annotate/offline.yaml
 PART ?= 0/1
+# extra `key=value` config overrides for annotate, e.g. ARGS='segmenter.checkpoint=/ckpt/sam_vit_h.pth'
+ARGS ?=
 
 .PHONY: install test demo annotate bench clean
 
@@ -30,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/python -m demo
 
 annotate: $(STAMP)
-	$(BIN)/python -m annotate --dataset $(DATASET) --root $(ROOT) --out $(OUT) --config $(CONFIG) --part $(PART)
+	$(BIN)/python -m annotate --dataset $(DATASET) --root $(ROOT) --out $(OUT) --config $(CONFIG) --part $(PART) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

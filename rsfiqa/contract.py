@@ -3,7 +3,8 @@
 A shard directory holds webdataset ``.tar`` files plus ``index.json``. Each sample has
 
 * ``<ext>`` (``jpg``, ``png``, ``bmp``, ``webp`` ...): the original image bytes, unchanged;
-* ``regions.png``: a single-channel uint8 label map at the image's resolution, values 0..L-1;
+* ``regions.png``: a single-channel uint8 label map at the resolution of the UPRIGHT image (EXIF
+  orientation applied, as :func:`rsfiqa.imageio.decode_rgb` returns it), values 0..L-1;
 * ``json``: the record described by :func:`make_record` (keys may be added, never renamed).
 
 Region ``L-1`` is the background (pixels no kept mask covers, paper eq. 5); regions that are
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -248,7 +250,7 @@ def write_index(shard_dir: str | Path, shards: Iterable[str], count: int, datase
     shard_dir = Path(shard_dir)
     data = {"contract_version": CONTRACT_VERSION, "dataset": dataset.lower(), "count": int(count),
             "shards": sorted(shards), "annotator": dict(annotator), **extra}
-    tmp = shard_dir / (INDEX_NAME + ".tmp")
+    tmp = shard_dir / f"{INDEX_NAME}.{os.getpid()}.tmp"  # per-process: concurrent writers never share it
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(shard_dir / INDEX_NAME)
     return shard_dir / INDEX_NAME
