@@ -1,0 +1,191 @@
+"""MLLM describer (paper, "Fine-grained Distortion Perception" and "Prompt Format").
+
+For every valid region of every image one conversation (:mod:`annotate.describe.prompts`) runs
+through ``1 + 2 * len(dims)`` turns: content, then level and score per dimension. Each turn is
+one batched backend call over all pending conversations of the batch (so vLLM batches across
+images and regions, and its prefix cache serves the growing conversations).
+
+Per region the record holds
+
+* ``content``: the content answer; ``levels``: the level word parsed from each level answer;
+* ``parsed_scores``: the number parsed from each score answer;
+* ``scores``: the Q-Align expectation over the five level words' log-probabilities at the level
+  answer's slot (the model continuing "From the <dim> dimension, the image quality level is")
+  when the backend gives them, else the parsed number; ``score_source`` says which per dimension.
+
+A malformed answer is asked again up to ``max_retries`` times (sampled, seeded: a greedy retry
+would repeat itself); if it stays malformed the item is ``None`` and ``missing_reason`` says why
+— nothing is substituted. ``levels`` / ``scores`` / ``parsed_scores`` are ``None`` as a whole
+when every dimension is missing. Regions flagged invalid by the segmenter get
+``missing_reason = "empty region"`` and no conversation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from annotate.describe import missing_record, prompts
+from annotate.describe.backends import Backend, Conversation
+from annotate.describe.parsing import Parsed, parse_content, parse_level, parse_score, qalign_expectation
+from annotate.segment.postprocess import check_rgb, downscale
+from annotate.types import Segmentation
+from rsfiqa.contract import DIMENSIONS
+
+PARSERS: dict[str, Callable[[str], Parsed]] = {"content": parse_content, "level": parse_level, "score": parse_score}
+DEFAULT_MAX_TOKENS = {"content": 64, "level": 32, "score": 32}
+
+
+def covering_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``mask`` at size ``shape`` (H, W): a pixel is in when any pixel it covers is, so small
+    regions stay visible in the reduced mask image."""
+    if mask.shape == tuple(shape):
+        return mask
+    coverage = Image.fromarray(mask.astype(np.float32)).resize((shape[1], shape[0]), Image.BOX)
+    return np.asarray(coverage) > 0
+
+
+@dataclass
+class RegionChat:
+    """The state of one region's conversation."""
+
+    image_index: int
+    region_index: int
+    original: Image.Image
+    mask_image: Image.Image
+    answers: list[str] = field(default_factory=list)
+    parsed: dict[tuple[str, str | None], Parsed] = field(default_factory=dict)
+    qalign: dict[str, Parsed] = field(default_factory=dict)
+
+
+def _none_if_empty(values: dict[str, Any]) -> dict[str, Any] | None:
+    return values if any(v is not None for v in values.values()) else None
+
+
+class MLLMDescriber:
+    """Multi-turn region description through a :class:`~annotate.describe.backends.Backend`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_retries: int = 2,
+        dims: Sequence[str] = DIMENSIONS,
+        hints: bool = True,
+        image_long_side: int = 448,
+        max_tokens: dict[str, int] | None = None,
+        seed: int = 0,
+        use_level_logprobs: bool = True,
+        progress: bool = False,
+    ) -> None:
+        unknown = set(dims) - set(DIMENSIONS)
+        if unknown:
+            raise ValueError(f"unknown dimensions {sorted(unknown)}; the contract's are {DIMENSIONS}")
+        self.backend = backend
+        self.max_retries = max_retries
+        self.dims = tuple(dims)
+        self.hints = hints
+        self.image_long_side = image_long_side
+        self.max_tokens = {**DEFAULT_MAX_TOKENS, **(max_tokens or {})}
+        self.seed = seed
+        self.use_level_logprobs = use_level_logprobs
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public API
+    def describe(self, images: Sequence[np.ndarray], segs: Sequence[Segmentation]) -> list[list[dict[str, Any]]]:
+        """Per image, per region: the record described in the module docstring."""
+        if len(images) != len(segs):
+            raise ValueError(f"{len(images)} images but {len(segs)} segmentations")
+        results: list[list[dict[str, Any] | None]] = []
+        chats: list[RegionChat] = []
+        for i, (image, seg) in enumerate(zip(images, segs)):
+            check_rgb(image)
+            if seg.label_map.shape != image.shape[:2]:
+                raise ValueError(f"image {i}: label map {seg.label_map.shape} does not match image {image.shape[:2]}")
+            small = downscale(image, self.image_long_side)
+            original = Image.fromarray(small)
+            row: list[dict[str, Any] | None] = []
+            for r, valid in enumerate(seg.valid):
+                if not valid:
+                    row.append(missing_record("empty region"))
+                    continue
+                mask = covering_mask(seg.label_map == r, small.shape[:2])
+                chats.append(RegionChat(i, r, original, Image.fromarray(prompts.highlight_region(small, mask))))
+                row.append(None)
+            results.append(row)
+        self.converse(chats)
+        for chat in chats:
+            results[chat.image_index][chat.region_index] = self.record(chat)
+        return results  # type: ignore[return-value]
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able options, the prompt texts and the backend's settings."""
+        return {"name": "mllm", "max_retries": self.max_retries, "dims": list(self.dims), "hints": self.hints,
+                "image_long_side": self.image_long_side, "max_tokens": dict(self.max_tokens), "seed": self.seed,
+                "use_level_logprobs": self.use_level_logprobs,
+                "prompts": {"intro": prompts.IMAGES_INTRO, "content": prompts.question("content", None, self.hints),
+                            "level": prompts.question("level", "<type>", self.hints),
+                            "score": prompts.question("score", "<type>", self.hints),
+                            "level_answer_prefix": prompts.LEVEL_ANSWER_PREFIX},
+                "backend": self.backend.settings()}
+
+    # ------------------------------------------------------------------ turns
+    def converse(self, chats: list[RegionChat]) -> None:
+        """Run every question of :func:`prompts.question_kinds` over all ``chats``, one batch per turn."""
+        if not chats:
+            return
+        for kind, dim in tqdm(prompts.question_kinds(self.dims), desc="MLLM turns", disable=not self.progress):
+            conversations = [prompts.build_conversation(c.original, c.mask_image, c.answers, self.dims, self.hints)
+                             for c in chats]
+            if kind == "level" and self.use_level_logprobs:
+                prefix = prompts.answer_prefix("level", dim)
+                logprobs = self.backend.level_logprobs([prompts.with_answer_prefix(m, prefix) for m in conversations])
+                for chat, lp in zip(chats, logprobs):
+                    chat.qalign[dim] = qalign_expectation(lp)
+            answers, parsed = self.ask(conversations, PARSERS[kind], self.max_tokens[kind])
+            for chat, answer, p in zip(chats, answers, parsed):
+                chat.answers.append(answer.strip())
+                chat.parsed[(kind, dim)] = p
+
+    def ask(self, conversations: list[Conversation], parser: Callable[[str], Parsed],
+            max_tokens: int) -> tuple[list[str], list[Parsed]]:
+        """Answers (greedy, then seeded re-samples of the malformed ones) and what parses from them."""
+        answers = self.backend.generate(conversations, max_tokens)
+        parsed = [parser(a) for a in answers]
+        for attempt in range(1, self.max_retries + 1):
+            todo = [k for k, p in enumerate(parsed) if not p.ok]
+            if not todo:
+                break
+            retried = self.backend.generate([conversations[k] for k in todo], max_tokens, sample_seed=self.seed + attempt)
+            for k, answer in zip(todo, retried):
+                answers[k], parsed[k] = answer, parser(answer)
+        attempts = 1 + self.max_retries
+        return answers, [p if p.ok else Parsed(None, f"{p.reason} (after {attempts} attempts)") for p in parsed]
+
+    # ------------------------------------------------------------------ records
+    def record(self, chat: RegionChat) -> dict[str, Any]:
+        """The region's description record (module docstring) from its finished conversation."""
+        levels = {d: chat.parsed[("level", d)].value for d in self.dims}
+        parsed_scores = {d: chat.parsed[("score", d)].value for d in self.dims}
+        scores: dict[str, float | None] = {}
+        source: dict[str, str | None] = {}
+        for d in self.dims:
+            expectation = chat.qalign.get(d)
+            if expectation is not None and expectation.ok:
+                scores[d], source[d] = round(float(expectation.value), 4), "qalign"
+            else:
+                scores[d], source[d] = parsed_scores[d], ("parsed" if parsed_scores[d] is not None else None)
+        record: dict[str, Any] = {
+            "content": chat.parsed[("content", None)].value,
+            "levels": _none_if_empty(levels), "scores": _none_if_empty(scores),
+            "parsed_scores": _none_if_empty(parsed_scores), "score_source": source,
+        }
+        reasons = [f"{kind}{'/' + dim if dim else ''}: {p.reason}" for (kind, dim), p in chat.parsed.items() if not p.ok]
+        if reasons:
+            record["missing_reason"] = "; ".join(reasons)
+        notes = [f"qalign/{d}: {q.reason}" for d, q in chat.qalign.items() if not q.ok]
+        if notes:
+            record["notes"] = notes
+        return record
