@@ -231,9 +231,9 @@ def build_sample(image: LoadedImage, seg: Segmentation, descriptions: Sequence[M
 
 
 def count_missing(descriptions: Sequence[Mapping[str, Any]], summary: Summary) -> None:
-    """Tally regions without a description by their ``missing_reason``."""
+    """Tally regions whose description is missing, wholly or in part, by their ``missing_reason``."""
     for d in descriptions:
-        if d.get("content") is None and d.get("levels") is None:
+        if d.get("missing_reason"):
             reason = str(d.get("missing_reason") or "no reason given")
             summary.missing_descriptions[reason] = summary.missing_descriptions.get(reason, 0) + 1
 

@@ -7,10 +7,14 @@ command-line overrides do not propagate through them. ``data.num_regions`` is li
 ``model.num_regions`` (set L once, under ``data``). Default callbacks, each configurable under its
 own key: ``checkpoint`` (ModelCheckpoint on val SRCC, max, plus ``last.ckpt``), ``early_stopping``
 (EarlyStopping on val SRCC, max; the paper uses early stopping but gives no patience, ours is a
-config value), ``lr_monitor`` and ``prediction_writer`` (``predictions.csv`` in the run directory).
+config value), ``lr_monitor``, ``prediction_writer`` (``predictions.csv`` in the run directory),
+``test_report`` (``rsfiqa test``: ``results.csv``/``results.md``, per-dataset predictions and scatter
+plots; ``--test_report.out_dir`` picks the folder) and ``curves`` (``curves.png`` after ``fit``).
 Loggers: TensorBoard and CSV, writing into one run directory ``runs/<name>/version_N``.
-``validate``/``test``/``predict`` with ``--ckpt_path`` build the model from the checkpoint's
+With ``--ckpt_path`` (evaluation, or resuming ``fit``) the model is built from the checkpoint's
 hyperparameters with ``pretrained=None``: the trained backbone comes from the checkpoint.
+``test`` runs on one device (each test set is evaluated once, by one process); other device
+settings are overridden with a message.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rsfiqa.callbacks import PredictionWriter
 from rsfiqa.data.datamodule import ShardDataModule
+from rsfiqa.eval.callbacks import TestReport, TrainingCurves
 from rsfiqa.module import RSFIQAModule
 
 # name -> ("module:function" called with the remaining arguments, one-line description)
@@ -33,7 +38,6 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("rsfiqa.eval.ablate:main", "Run the paper's ablation configs (Tables 3-6) and tabulate them."),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-EVAL_COMMANDS = ("validate", "test", "predict")
 SEED_DEFAULT = 0
 EARLY_STOPPING_PATIENCE = 20
 RUNS_DIR = "runs"
@@ -77,6 +81,8 @@ class RSFIQACLI(LightningCLI):
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(TestReport, "test_report")
+        parser.add_lightning_class_args(TrainingCurves, "curves")
         parser.set_defaults({
             "checkpoint.monitor": "val/srcc", "checkpoint.mode": "max", "checkpoint.save_last": True,
             "checkpoint.filename": "epoch{epoch:03d}-srcc{val/srcc:.4f}", "checkpoint.auto_insert_metric_name": False,
@@ -89,9 +95,30 @@ class RSFIQACLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         share_logger_version(config.get("trainer", {}).get("logger"))
-        if self.subcommand in EVAL_COMMANDS and config.get("ckpt_path"):
+        if config.get("ckpt_path"):
             # the checkpoint holds the trained backbone: do not fetch ImageNet weights first
             config.model.pretrained = None
+        if self.subcommand == "test":
+            use_one_device(config.trainer)
+
+
+def device_count(devices: Any) -> int | None:
+    """Devices a Lightning ``devices`` setting asks for (None: "auto" or -1, i.e. all there are)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.lstrip("-").isdigit() and int(text) >= 0 else None
+
+
+def use_one_device(trainer_config: Any) -> None:
+    """Set one device on one node for ``rsfiqa test``, saying so when the config asked for more."""
+    devices, nodes = trainer_config.get("devices"), trainer_config.get("num_nodes", 1)
+    if device_count(devices) != 1 or nodes != 1:
+        print(f"rsfiqa test: testing on one device (the config asks for devices={devices!r}, num_nodes={nodes}); "
+              f"each test set is evaluated once, by one process")
+        trainer_config.devices, trainer_config.num_nodes = 1, 1
 
 
 def extra_command(name: str) -> Callable[[list[str]], Any]:
@@ -123,7 +150,18 @@ def run_cli(args: list[str] | None) -> RSFIQACLI:
 
 
 def main(args: list[str] | None = None) -> Any:
-    """Entry point of the ``rsfiqa`` console script (``args=None``: the command line)."""
+    """Entry point of the ``rsfiqa`` console script (``args=None``: the command line).
+
+    Called with ``args`` it returns the command's result (the LightningCLI of a Lightning command);
+    from the command line only an int exit status, because the console script hands the return
+    value to ``sys.exit`` (any other object would print it and exit with status 1).
+    """
+    result = run_command(args)
+    return result if args is not None or isinstance(result, int) else None
+
+
+def run_command(args: list[str] | None) -> Any:
+    """Dispatch to an extra command or the LightningCLI; ``args=None`` reads ``sys.argv``."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in EXTRA_COMMANDS:
         return extra_command(argv[0])(argv[1:])

@@ -24,6 +24,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from rsfiqa import contract
+from rsfiqa.model.feature_cache import FeatureCache
 from rsfiqa.model.net import RSFIQANet
 
 NET_ARGS = tuple(p for p in inspect.signature(RSFIQANet.__init__).parameters if p != "self")
@@ -50,6 +51,10 @@ class RSFIQAModule(LightningModule):
         eta_min: cosine annealing floor (paper: 0).
         backbone_lr: learning rate of the image backbone (None = lr).
         text_lr: learning rate of the text encoder when it is not frozen (None = lr).
+        feature_cache: directory of a disk cache of the frozen backbone's features
+            (:mod:`rsfiqa.model.feature_cache`; shared across runs); needs ``freeze_backbone=True``.
+            None = no cache.
+        feature_cache_dtype: dtype the cached features are stored in (float16, bfloat16, float32).
     """
 
     def __init__(
@@ -79,10 +84,14 @@ class RSFIQAModule(LightningModule):
         eta_min: float = 0.0,
         backbone_lr: float | None = None,
         text_lr: float | None = None,
+        feature_cache: str | None = None,
+        feature_cache_dtype: str = "float16",
     ):
         super().__init__()
         self.save_hyperparameters()
         self.net = RSFIQANet(**{name: self.hparams[name] for name in NET_ARGS})
+        self.feature_cache = (None if feature_cache is None else
+                              FeatureCache(feature_cache, self.net.backbone, feature_cache_dtype).attach())
         self.train_metrics = quality_metrics("train/", sync=True)
         self.val_metrics = quality_metrics("val/", sync=False)
         self.test_metrics = nn.ModuleList()

