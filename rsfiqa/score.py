@@ -1,0 +1,233 @@
+"""``rsfiqa score PATH [PATH ...] --ckpt CKPT``: score images end to end (:mod:`rsfiqa.scorer`).
+
+Inputs. Each PATH is a file (scored whatever its name), a folder (searched recursively for the
+image extensions of ``contract.IMAGE_EXTS``, case-insensitive) or a glob pattern (``**`` allowed;
+matches filtered by the same extensions). Files are scored in the given order, folders and
+globs in sorted order, each file once.
+
+Output (``--out``; default: CSV on stdout). One entry per scored image; images that could not be
+scored appear only on stderr.
+
+* ``.csv``: one row per image with columns ``image, score, score_norm, scale_dataset, regions``
+  (+ ``heatmap`` with ``--heatmap``); ``regions`` is the JSON list of the image's region records.
+* ``.json``: a list of the records of :meth:`rsfiqa.scorer.Scorer.score` (regions nested).
+
+``score`` is on the MOS scale of the checkpoint's (first) training dataset, named in
+``scale_dataset``; ``score_norm`` is the network's raw normalised prediction (not clipped).
+
+Exit status: 0 every input scored; 1 nothing scored because of a setup problem (bad option,
+checkpoint, unavailable annotator, no image found), the reason on stderr; 2 some inputs could not
+be scored — one ``rsfiqa score: error: ...`` line each on stderr — and the others were written.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Iterable, Sequence, TextIO
+
+from tqdm import tqdm
+
+from rsfiqa import contract
+from rsfiqa.heatmap import render_heatmap
+from rsfiqa.scorer import DEFAULT_BATCH_SIZE, Scored, Scorer, ScoringSetupError
+
+PROG = "rsfiqa score"
+EXIT_OK, EXIT_SETUP, EXIT_SOME_FAILED = 0, 1, 2
+CSV_COLUMNS = ("image", "score", "score_norm", "scale_dataset", "regions")
+OUTPUT_FORMATS = (".csv", ".json")
+GLOB_CHARS = set("*?[")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with status 1, so that 2 always means "some images failed"."""
+
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_SETUP, f"{self.prog}: error: {message}\n")
+
+
+def grid_cell(text: str) -> tuple[int, int]:
+    """``"R,C"`` -> (R, C)."""
+    try:
+        row, col = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL (two integers), got {text!r}") from None
+    return row, col
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Score images end to end with a trained RSFIQA checkpoint.",
+                     epilog="Exit status: 0 all scored, 1 setup problem (nothing scored), "
+                            "2 some images failed (one stderr line each; the rest written).")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `rsfiqa fit`")
+    parser.add_argument("--out", help="scores.csv or scores.json (default: CSV on stdout)")
+    parser.add_argument("--heatmap", metavar="DIR", help="write one quality heatmap PNG per image into DIR")
+    parser.add_argument("--attn-token", type=grid_cell, metavar="R,C",
+                        help="with --heatmap: add the RSA attention map of this token-grid cell as a second panel")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="images per segmenter/describer/model batch (default %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
+    parser.add_argument("--segmenter-override", action="append", default=[], metavar="KEY=VAL",
+                        help="change one option of the checkpoint's segmenter (repeat the flag for several), "
+                             "e.g. checkpoint=/path/sam_vit_h.pth or name=classical")
+    parser.add_argument("--describer-override", action="append", default=[], metavar="KEY=VAL",
+                        help="change one option of the checkpoint's describer (repeatable), "
+                             "e.g. model=/path/Qwen2.5-VL-7B-Instruct or name=measures")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+# --------------------------------------------------------------------------- inputs
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower().lstrip(".") in contract.IMAGE_EXTS
+
+
+def folder_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+
+
+def expand_paths(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """(image files to score, one error line per PATH that names nothing); see the module docstring."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = folder_images(path)
+        elif path.is_file():
+            found = [path]
+        elif GLOB_CHARS & set(text):
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            found = [f for m in matches for f in (folder_images(m) if m.is_dir() else [m] if is_image_name(m) else [])]
+            if not found:
+                errors.append(f"{text}: no image file matches this pattern")
+        else:
+            errors.append(f"{text}: no such file or directory")
+            continue
+        files += found
+    return list(dict.fromkeys(files)), errors
+
+
+# --------------------------------------------------------------------------- outputs
+class ResultWriter:
+    """Writes scored records as CSV rows (streamed) or as one JSON list (at close)."""
+
+    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool):
+        self.stream, self.fmt = stream, fmt
+        self.records: list[dict[str, Any]] = []
+        columns = CSV_COLUMNS + (("heatmap",) if heatmaps else ())
+        self.csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == ".csv" else None
+        if self.csv is not None:
+            self.csv.writeheader()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.csv is None:
+            self.records.append(record)
+            return
+        self.csv.writerow({**record, "regions": json.dumps(record["regions"], ensure_ascii=False)})
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.csv is None:
+            json.dump(self.records, self.stream, indent=1, ensure_ascii=False)
+            self.stream.write("\n")
+
+
+def output_format(out: str | None) -> str:
+    if out is None:
+        return ".csv"
+    suffix = Path(out).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ScoringSetupError(f"--out {out}: the file name must end in {' or '.join(OUTPUT_FORMATS)}")
+    return suffix
+
+
+class HeatmapNamer:
+    """``<stem>.png`` per image in the heatmap folder; a repeated stem gets ``_2``, ``_3`` ..."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.seen = folder, {}
+
+    def __call__(self, image: str) -> Path:
+        stem = Path(image).stem
+        self.seen[stem] = self.seen.get(stem, 0) + 1
+        return self.folder / (f"{stem}.png" if self.seen[stem] == 1 else f"{stem}_{self.seen[stem]}.png")
+
+
+def caption(record: dict[str, Any], scorer: Scorer) -> str:
+    lo, hi = scorer.scale.mos_range
+    direction = "higher" if scorer.scale.higher_better else "lower"
+    return (f"{Path(record['image']).name}: predicted quality {record['score']:.2f}\n"
+            f"on the '{record['scale_dataset']}' MOS scale {lo:g}..{hi:g} ({direction} = better; "
+            f"normalised {record['score_norm']:.3f})")
+
+
+def write_heatmap(scored: Scored, path: Path, scorer: Scorer, attn_token: tuple[int, int] | None) -> str:
+    render_heatmap(path, scored.rgb, scored.label_map, scored.record["regions"], caption(scored.record, scorer),
+                   scored.attention, attn_token)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- main
+def report_error(message: str) -> None:
+    tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score ``args.paths``; the exit status of the module docstring."""
+    fmt = output_format(args.out)
+    if args.attn_token is not None and args.heatmap is None:
+        raise ScoringSetupError("--attn-token draws into the heatmaps: add --heatmap DIR")
+    if args.batch_size < 1:
+        raise ScoringSetupError(f"--batch-size must be >= 1, got {args.batch_size}")
+    files, failures = expand_paths(args.paths)
+    for message in failures:
+        report_error(message)
+    if not files:
+        raise ScoringSetupError(f"no image file found in {args.paths} (extensions: {', '.join(contract.IMAGE_EXTS)})")
+    scorer = Scorer.from_checkpoint(args.ckpt, args.device, args.segmenter_override, args.describer_override)
+    print(f"{PROG}: {scorer.scale.describe()}", file=sys.stderr)
+    heatmap_path = HeatmapNamer(Path(args.heatmap)) if args.heatmap else None
+    scored_items = scorer.iter_scored(files, args.batch_size, progress=not args.no_progress,
+                                      attn_token=args.attn_token, keep_arrays=heatmap_path is not None)
+    with ExitStack() as stack:
+        stream = stack.enter_context(open(args.out, "w", newline="", encoding="utf-8")) if args.out else sys.stdout
+        writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None)
+        for scored in scored_items:
+            record = scored.record
+            if record["error"] is not None:
+                report_error(record["error"])
+                failures.append(record["error"])
+                continue
+            if heatmap_path is not None:
+                record["heatmap"] = write_heatmap(scored, heatmap_path(record["image"]), scorer, args.attn_token)
+            writer.write(record)
+        writer.close()
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rsfiqa score`` (``argv`` without the command name); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+    logger = logging.getLogger("rsfiqa")
+    logger.addHandler(handler)
+    try:
+        return run(args)
+    except ScoringSetupError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_SETUP
+    finally:
+        logger.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

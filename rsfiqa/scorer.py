@@ -1,0 +1,459 @@
+"""Score any image end to end with a trained checkpoint: load -> segment (paper eq. 5) ->
+describe -> RSFIQANet (eqs. 1-10) -> a score on the training dataset's MOS scale.
+
+What the checkpoint records and scoring uses
+    ``hyper_parameters``  the network (backbone, L, text encoder ...); it is rebuilt with
+                          ``pretrained=None`` and ``text_pretrained=FROM_CHECKPOINT``, so nothing is
+                          downloaded: every weight comes from the checkpoint;
+    ``rsfiqa_data``       (``ShardDataModule.state_dict``) input size, resize filter, text parts and
+                          dimensions, and per training dataset its MOS range, direction and the
+                          annotator settings (segmenter, describer, image handling) of its shards.
+
+Same conditions as training and evaluation: the image is read with ``rsfiqa.imageio``, segmented
+and described at the annotation resolution (``image.downscale_long_side`` of the annotator), the
+label map brought back to the image's size, then image and label map go through the data
+module's transforms and the region texts through ``contract.region_text`` with the checkpoint's
+parts and dimensions.
+
+Outputs. ``score_norm`` is the network's raw prediction on the normalised scale of eq. (11) (0 and
+1 = the ends of the training dataset's MOS range, higher = better; not clipped, so it may leave
+[0, 1] a little); ``score`` is the same number on the MOS scale of the first training dataset
+(``contract.denormalise_mos``), named in ``scale_dataset``. Scores are deterministic for a fixed
+batch size; other batch sizes change them by float rounding only (~1e-6). Regions are the shard
+contract's region entries (index, valid, area, seg_score, content, levels, scores, missing_reason
+...) whose ``text`` is the string the model read.
+
+Annotator settings -> configs. A component's ``settings()`` records more than its constructor
+takes; :func:`annotator_config` maps it back (see ``RECORD_ONLY_KEYS`` and the MLLM case there),
+then the built component's own ``settings()`` is compared with the recorded one and every
+difference is logged as a warning (scores may then differ from training conditions).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from annotate.describe import build_describer
+from annotate.pipeline import region_records, segment_images
+from annotate.segment import build_segmenter
+from annotate.segment.postprocess import downscale, resize_segmentation
+from annotate.types import Describer, Segmentation, Segmenter
+from rsfiqa import contract
+from rsfiqa.data import transforms
+from rsfiqa.imageio import DEFAULT_MAX_PIXELS, ImageError, _to_rgb8, load_rgb
+from rsfiqa.model.net import RSFIQANet
+from rsfiqa.model.text import FROM_CHECKPOINT
+from rsfiqa.module import NET_ARGS
+
+log = logging.getLogger(__name__)
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+DEFAULT_BATCH_SIZE = 8
+# Keys of a component's settings() that record how it ran (library versions, prompt texts, what the
+# tokenizer offered) or module constants (the measures describer's thresholds), not constructor options.
+RECORD_ONLY_KEYS = frozenset({"versions", "prompts", "logprob_mode", "level_token_ids", "level_token_problem",
+                              "score_breakpoints", "texture_threshold", "size_words", "min_interior"})
+# Components with a ``device`` option: it follows the scorer's device (where it ran is not a setting).
+DEVICE_OPTION = {"segmenter": ("sam",), "describer": ("hf",)}
+FIX_HINTS = {
+    "segmenter": "point at the segmenter's weights with --segmenter-override checkpoint=/path/to/sam_vit_h.pth "
+                 "(Python: segmenter_override={'checkpoint': ...}), or use --segmenter-override name=classical "
+                 "(scores then differ from training conditions)",
+    "describer": "point at a local model with --describer-override model=/path/to/Qwen2.5-VL-7B-Instruct "
+                 "(the vllm describer needs: pip install 'rsfiqa[vllm]'; Python: describer_override={'model': ...}), "
+                 "or use --describer-override name=measures (scores then differ from training conditions)",
+}
+
+
+class ScoringSetupError(RuntimeError):
+    """A checkpoint, annotator or option that scoring cannot use; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------- checkpoint
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's dict (tensors and plain data only), checked for what scoring needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoringSetupError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or corrupt files; all mean "unusable"
+        raise ScoringSetupError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    missing = [k for k in ("hyper_parameters", "state_dict", "rsfiqa_data") if k not in ckpt]
+    if missing:
+        raise ScoringSetupError(f"{path}: checkpoint lacks {missing}; scoring needs a checkpoint written by "
+                                f"`rsfiqa fit` (with the ShardDataModule, which stores 'rsfiqa_data')")
+    if not ckpt["rsfiqa_data"].get("train_datasets"):
+        raise ScoringSetupError(f"{path}: checkpoint records no training dataset (rsfiqa_data.train_datasets)")
+    return ckpt
+
+
+def build_net(ckpt: Mapping[str, Any], device: torch.device, where: str = "checkpoint") -> RSFIQANet:
+    """RSFIQANet from the checkpoint's hyperparameters, every weight loaded from the checkpoint."""
+    hp = ckpt["hyper_parameters"]
+    net = RSFIQANet(**{**{k: hp[k] for k in NET_ARGS if k in hp}, "pretrained": None,
+                       "text_pretrained": FROM_CHECKPOINT})
+    prefix = "net."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ScoringSetupError(f"{where}: its weights do not fit the network its hyperparameters describe "
+                                f"(written by another version of rsfiqa?): {err}") from err
+    return net.to(device).eval()
+
+
+@dataclass(frozen=True)
+class MosScale:
+    """The MOS scale scores are reported on: the first training dataset's."""
+
+    dataset: str
+    mos_range: tuple[float, float]
+    higher_better: bool
+    train_datasets: tuple[str, ...]
+
+    def to_mos(self, score_norm: float) -> float:
+        return contract.denormalise_mos(score_norm, self.mos_range, self.higher_better)
+
+    def describe(self) -> str:
+        lo, hi = self.mos_range
+        text = (f"scores on the MOS scale of '{self.dataset}' [{lo:g}, {hi:g}], "
+                f"{'higher' if self.higher_better else 'lower'} = better")
+        if len(self.train_datasets) > 1:
+            text += f" (trained on {', '.join(self.train_datasets)}; the first one's scale is used)"
+        return text
+
+
+def mos_scale(data: Mapping[str, Any]) -> MosScale:
+    """:class:`MosScale` of ``rsfiqa_data``'s first training dataset."""
+    name = data["train_datasets"][0]
+    meta = data["datasets"][name]
+    return MosScale(name, tuple(float(x) for x in meta["mos_range"]), bool(meta["higher_better"]),
+                    tuple(data["train_datasets"]))
+
+
+def recorded_annotator(data: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The annotator settings of ``dataset``'s shards; a warning when other training sets differ."""
+    annotator = dict(data["datasets"][dataset].get("annotator") or {})
+    others = [n for n, m in data["datasets"].items()
+              if n != dataset and {k: v for k, v in (m.get("annotator") or {}).items() if k != "versions"}
+              != {k: v for k, v in annotator.items() if k != "versions"}]
+    if others:
+        log.warning("training datasets %s were annotated with other settings than %r; scoring uses %r's",
+                    others, dataset, dataset)
+    return annotator
+
+
+# --------------------------------------------------------------------------- annotator settings -> configs
+def annotator_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``build_segmenter``/``build_describer`` config from a component's recorded ``settings()``.
+
+    Drops :data:`RECORD_ONLY_KEYS` and ``device``; the MLLM describer records
+    ``{"name": "mllm", ..., "backend": {"backend": "vllm" | "hf", ...}}`` and is built from
+    ``{"name": "vllm" | "hf", <describer options>, <backend options>}``.
+    """
+    config = _options(settings)
+    if config.get("name") == "mllm":
+        backend = dict(config.pop("backend", None) or {})
+        name = backend.pop("backend", None)
+        config = {**config, **_options(backend), "name": name}
+    return config
+
+
+def _options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in RECORD_ONLY_KEYS and k != "device"}
+
+
+def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``["key=value", "a.b=1"]`` (values parsed as YAML) or a mapping -> a plain nested dict."""
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    bad = [s for s in items if "=" not in s or not s.split("=", 1)[0]]
+    if bad:
+        raise ScoringSetupError(f"overrides must look like KEY=VALUE, got {bad}")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)), resolve=True)
+
+
+def component_config(kind: str, recorded: Mapping[str, Any], override: Mapping[str, Any], num_regions: int,
+                     device: torch.device) -> dict[str, Any]:
+    """The config ``kind`` ("segmenter"/"describer") is built from: recorded settings <- override.
+
+    An override naming another component starts from that component's defaults (a warning says
+    the scores then differ from training conditions).
+    """
+    base = annotator_config(recorded)
+    if "name" in override and override["name"] != base.get("name"):
+        log.warning("%s %r replaces the checkpoint's %r: scores differ from training conditions",
+                    kind, override["name"], base.get("name"))
+        base = {}
+    config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(dict(override))))
+    if config.get("name") in DEVICE_OPTION[kind] and "device" not in override:
+        config["device"] = str(device)
+    if kind == "segmenter":
+        if config.setdefault("num_regions", num_regions) != num_regions:
+            raise ScoringSetupError(f"segmenter num_regions={config['num_regions']} but the model was trained "
+                                    f"with L={num_regions} regions")
+    return config
+
+
+def build_component(kind: str, config: Mapping[str, Any], recorded: Mapping[str, Any]) -> Segmenter | Describer:
+    """Build a segmenter/describer; a clear error naming what is missing and the override to use."""
+    build = build_segmenter if kind == "segmenter" else build_describer
+    try:
+        component = build(config)
+    except (ImportError, OSError, ValueError, TypeError, RuntimeError) as err:
+        raise ScoringSetupError(f"the {kind} needed to score with this checkpoint cannot be built on this machine: "
+                                f"{type(err).__name__}: {err}\n  {kind} config: {config}\n  fix: {FIX_HINTS[kind]}"
+                                ) from err
+    current = component.settings()
+    differences = settings_differences(recorded, current) if current.get("name") == recorded.get("name") else []
+    if differences:
+        log.warning("%s settings differ from the training annotation (key: training -> now): %s; scores may "
+                    "differ from training conditions", kind, "; ".join(differences))
+    return component
+
+
+def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every (nested) setting that differs, ``device`` keys ignored."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key), current.get(key)
+        if key == "device" or old == new:
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            out += settings_differences(old, new, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return out
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ScoringSetupError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScoringSetupError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    return device
+
+
+# --------------------------------------------------------------------------- inputs
+def input_name(item: ImageInput, index: int) -> str:
+    """How an input is named in records and error messages."""
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    return f"<{type(item).__name__} #{index}>"
+
+
+def load_input(item: ImageInput, name: str, max_pixels: int | None) -> np.ndarray:
+    """Upright HxWx3 uint8 RGB of a path, PIL image or uint8 array; :class:`ImageError` otherwise."""
+    if isinstance(item, (str, os.PathLike)):
+        return load_rgb(item, max_pixels=max_pixels)[0]
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
+            raise ImageError(f"{name}: expected a uint8 array HxW, HxWx3 or HxWx4, got {item.dtype} {item.shape}")
+        item = Image.fromarray(item)
+    if not isinstance(item, Image.Image):
+        raise ImageError(f"{name}: not an image (expected a path, a PIL image or a uint8 numpy array)")
+    rgb = np.asarray(_to_rgb8(ImageOps.exif_transpose(item)), dtype=np.uint8)
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ImageError(f"{name}: image has no pixels")
+    return rgb
+
+
+@dataclass
+class Scored:
+    """One scored input: the plain ``record`` plus, on request, what a heatmap needs."""
+
+    record: dict[str, Any]
+    rgb: np.ndarray | None = None          # upright full-resolution image
+    label_map: np.ndarray | None = None    # its region label map (values 0..L-1)
+    attention: np.ndarray | None = None    # RSA attention of the requested token on the grid [Hn, Wn]
+
+
+@dataclass
+class _Annotated:
+    index: int
+    name: str
+    rgb: np.ndarray
+    label_map: np.ndarray
+    regions: list[dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- the scorer
+class Scorer:
+    """Segmenter + describer + trained RSFIQANet, ready to score images (see the module docstring)."""
+
+    def __init__(self, net: RSFIQANet, data: Mapping[str, Any], segmenter: Segmenter, describer: Describer,
+                 device: torch.device, image_settings: Mapping[str, Any] | None = None) -> None:
+        self.net = net.eval()
+        self.data = dict(data)
+        self.segmenter = segmenter
+        self.describer = describer
+        self.device = device
+        self.scale = mos_scale(data)
+        image_settings = dict(image_settings or {})
+        self.max_pixels = image_settings.get("max_pixels", DEFAULT_MAX_PIXELS)
+        self.annotation_long_side = image_settings.get("downscale_long_side")
+        self.image_size = transforms.as_size(data["image_size"])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        segmenter_override: Mapping[str, Any] | Sequence[str] | None = None,
+                        describer_override: Mapping[str, Any] | Sequence[str] | None = None) -> "Scorer":
+        """Model, annotators and settings as the checkpoint records them (module docstring).
+
+        Overrides are mappings (``{"name": "classical"}``) or ``"key=value"`` strings merged into
+        the recorded segmenter/describer configs. Raises :class:`ScoringSetupError` naming what
+        is missing and the override that fixes it.
+        """
+        device = resolve_device(device)
+        ckpt = read_checkpoint(path)
+        data = ckpt["rsfiqa_data"]
+        scale = mos_scale(data)
+        annotator = recorded_annotator(data, scale.dataset)
+        components = {}
+        for kind, override in (("segmenter", segmenter_override), ("describer", describer_override)):
+            recorded = annotator.get(kind) or {}
+            config = component_config(kind, recorded, parse_overrides(override), int(data["num_regions"]), device)
+            components[kind] = build_component(kind, config, recorded)
+        net = build_net(ckpt, device, str(path))
+        return cls(net, data, components["segmenter"], components["describer"], device, annotator.get("image"))
+
+    # ---------------------------------------------------------------- public API
+    def score(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,
+              progress: bool = False) -> list[dict[str, Any]]:
+        """One plain record per input, in order: ``{"image", "score", "score_norm", "scale_dataset",
+        "regions", "error"}``; an input that cannot be read or annotated gets ``score: None`` and its
+        reason in ``error`` instead of stopping the batch. A single input may be passed bare."""
+        return [s.record for s in self.iter_scored(images, batch_size, progress)]
+
+    def iter_scored(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: bool = False, attn_token: tuple[int, int] | None = None,
+                    keep_arrays: bool = False) -> Iterator[Scored]:
+        """:class:`Scored` per input, in order, ``batch_size`` images at a time through segmenter,
+        describer and model. ``attn_token`` = (row, col) of an RSA grid cell adds that token's
+        attention map (heads averaged); ``keep_arrays`` keeps the image and label map."""
+        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
+            images = [images]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if attn_token is not None:
+            check_token(attn_token, self.token_grid())
+        with tqdm(total=len(images), unit="img", desc="score", disable=not progress) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = list(enumerate(images[start:start + batch_size], start))
+                yield from self._score_batch(batch, attn_token, keep_arrays)
+                bar.update(len(batch))
+
+    @torch.inference_mode()
+    def token_grid(self) -> tuple[int, int]:
+        """(Hn, Wn): the RSA token grid of this model's input size; an error without RSA."""
+        if self.net.rsa is None:
+            raise ScoringSetupError("attention maps need a model with RSA (this checkpoint has use_rsa=False)")
+        probe = torch.zeros(1, 3, *self.image_size, device=self.device)
+        return tuple(self.net.backbone(probe)[-1].shape[-2:])
+
+    # ---------------------------------------------------------------- stages
+    def _score_batch(self, batch: list[tuple[int, ImageInput]], attn_token: tuple[int, int] | None,
+                     keep_arrays: bool) -> list[Scored]:
+        results: dict[int, Scored] = {}
+        loaded = []
+        for index, item in batch:
+            name = input_name(item, index)
+            try:
+                loaded.append((index, name, load_input(item, name, self.max_pixels)))
+            except ImageError as err:
+                results[index] = Scored(self.error_record(name, str(err)))
+        annotated = []
+        for (index, name, rgb), outcome in zip(loaded, self._annotate([rgb for _, _, rgb in loaded])):
+            if isinstance(outcome, str):
+                results[index] = Scored(self.error_record(name, f"{name}: {outcome}"))
+            else:
+                seg, descriptions = outcome
+                seg = resize_segmentation(seg, rgb.shape[:2])
+                annotated.append(_Annotated(index, name, rgb, seg.label_map, region_records(seg, descriptions)))
+        if annotated:
+            for item, scored in zip(annotated, self._predict(annotated, attn_token, keep_arrays)):
+                results[item.index] = scored
+        return [results[index] for index, _ in batch]
+
+    def _annotate(self, images: list[np.ndarray]) -> list[tuple[Segmentation, list[dict]] | str]:
+        """Segment and describe at the annotation resolution; when a batch fails, image by image,
+        so one image that breaks an annotator becomes that image's error (the reason kept)."""
+        small = [downscale(rgb, self.annotation_long_side) for rgb in images]
+        try:
+            segs = segment_images(self.segmenter, small)
+            return list(zip(segs, self.describer.describe(small, segs), strict=True))
+        except Exception:  # noqa: BLE001 -- re-run one by one below; each failure is reported with its reason
+            return [self._annotate_one(im) for im in small]
+
+    def _annotate_one(self, image: np.ndarray) -> tuple[Segmentation, list[dict]] | str:
+        try:
+            segs = segment_images(self.segmenter, [image])
+            return segs[0], self.describer.describe([image], segs)[0]
+        except Exception as err:  # noqa: BLE001 -- reported as this image's error, the run goes on
+            return f"annotation failed ({type(err).__name__}: {err})"
+
+    def model_input(self, rgb: np.ndarray, label_map: np.ndarray,
+                    regions: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """(image [3,H,W], label map [H,W], region_valid [L], texts) exactly as the data module's
+        evaluation reader builds them (``SampleReader.item``)."""
+        image, labels = transforms.to_model_input(*transforms.resize_pair(
+            rgb, label_map, self.image_size, self.data["resize_interpolation"]))
+        texts = [contract.region_text(r, self.data["text_parts"], self.data["text_dims"]) for r in regions]
+        valid = torch.tensor([bool(r.get("valid")) and t != "" for r, t in zip(regions, texts)])
+        return image, labels, valid, texts
+
+    @torch.inference_mode()
+    def _predict(self, items: list[_Annotated], attn_token: tuple[int, int] | None,
+                 keep_arrays: bool) -> list[Scored]:
+        inputs = [self.model_input(item.rgb, item.label_map, item.regions) for item in items]
+        images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
+        texts = [x[3] for x in inputs]
+        out = self.net.forward_features(images, labels, valid, texts, return_attn=attn_token is not None)
+        attention = None if attn_token is None else token_attention(out["rsa_attn"], out["grid"], attn_token)
+        scored = []
+        for i, (item, score_norm) in enumerate(zip(items, out["score"].float().cpu().tolist())):
+            regions = [{**r, "text": t} for r, t in zip(item.regions, texts[i])]
+            record = {"image": item.name, "score": self.scale.to_mos(score_norm), "score_norm": score_norm,
+                      "scale_dataset": self.scale.dataset, "regions": regions, "error": None}
+            scored.append(Scored(record, item.rgb if keep_arrays else None, item.label_map if keep_arrays else None,
+                                 None if attention is None else attention[i]))
+        return scored
+
+    def error_record(self, name: str, error: str) -> dict[str, Any]:
+        return {"image": name, "score": None, "score_norm": None, "scale_dataset": self.scale.dataset,
+                "regions": [], "error": error}
+
+
+def check_token(token: tuple[int, int], grid: tuple[int, int]) -> None:
+    """A clear error unless ``token`` = (row, col) is a cell of the ``grid`` = (Hn, Wn)."""
+    row, col = token
+    hn, wn = grid
+    if not (0 <= row < hn and 0 <= col < wn):
+        raise ScoringSetupError(f"attention token ({row}, {col}) is outside the model's {hn}x{wn} token grid "
+                                f"(rows 0..{hn - 1}, columns 0..{wn - 1})")
+
+
+def token_attention(rsa_attn: torch.Tensor, grid: tuple[int, int], token: tuple[int, int]) -> np.ndarray:
+    """Eq. (9) attention weights [B,heads,N,N] -> the row of grid cell ``token`` = (row, col),
+    averaged over heads, as [B, Hn, Wn] (where that token looks)."""
+    row, col = token
+    hn, wn = grid
+    weights = rsa_attn[:, :, row * wn + col, :].float().mean(1)
+    return weights.view(-1, hn, wn).cpu().numpy()
