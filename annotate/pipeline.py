@@ -9,13 +9,21 @@
 3. samples whose key is in a completed shard (any part) are skipped: a rerun only does what is
    missing (writer.py describes the resume rules);
 4. images load through ``rsfiqa.imageio.load_rgb``; an unreadable image is recorded as skipped
-   with its reason and the run goes on;
+   with its reason and the run goes on; how the file was read (Pillow mode, frame count) is kept
+   in the record's ``image_info``, and an animated image (first frame used) also in the summary's
+   ``notes``;
 5. segment, describe (``batch_size`` images at a time), build the contract record with the
-   region texts, and write the original bytes + label map + record to the part's shards;
+   region texts, and write the original bytes + label map + record to the part's shards. When
+   the segmenter or describer raises on a batch, the batch is redone image by image: an image
+   that fails alone is skipped (stage ``segment`` / ``describe``, the exception in the reason)
+   and the others go on. :data:`MAX_FAILURES_IN_A_ROW` such failures in a row end the run with
+   an :class:`~annotate.config.AnnotateError` (a broken set-up, not bad images); the unfinished
+   shard is dropped and a rerun resumes;
 6. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.
 
 The summary (printed and saved) counts the samples selected, already done, written and skipped
-(each skip with its item, reason and stage, plus counts by reason), regions left without a
+(each skip with its item, reason and stage, plus counts by reason), notes on images used with a
+documented conversion (animated: first frame), regions left without a
 description (by ``missing_reason``), and the seconds and images/s of each stage: ``load``
 (read + decode), ``segment``, ``describe``, ``write`` (record + region texts + label-map PNG +
 tar). One-time start-up costs (model loading, imports) are outside the stage clocks.
@@ -35,7 +43,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from annotate.config import ConfigError, section
+from annotate.config import AnnotateError, ConfigError, section
 from annotate.datasets import get_adapter
 from annotate.describe import build_describer
 from annotate.segment import build_segmenter
@@ -48,7 +56,9 @@ from rsfiqa.contract import (CONTRACT_VERSION, clip_token_count, empty_region, e
 from rsfiqa.imageio import ImageError, load_rgb
 
 T = TypeVar("T")
+R = TypeVar("R")
 STAGES = ("load", "segment", "describe", "write")
+MAX_FAILURES_IN_A_ROW = 10  # images failing in segmenter/describer one after another: stop the run
 # Installed packages whose version can change the bytes of a shard (recorded, and part of the
 # settings fingerprint); a package that is not installed is recorded as null.
 VERSIONED_PACKAGES = ("numpy", "pillow", "scipy", "scikit-image", "torch", "segment-anything",
@@ -66,6 +76,7 @@ class Summary:
     already_done: int = 0
     written: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)
     missing_descriptions: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     stage_images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
@@ -97,6 +108,7 @@ class Summary:
                  f"skipped {len(self.skipped)}; index.json now counts {self.index_count} samples",
                  f"  wall {self.wall_seconds:.1f}s; {stages}"]
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
+        lines += [f"  note x{n}: {note}" for note, n in Counter(n["note"] for n in self.notes).most_common()]
         lines += [f"  missing region descriptions x{n}: {reason}" for reason, n in self.missing_descriptions.items()]
         return "\n".join(lines)
 
@@ -189,6 +201,7 @@ class LoadedImage(NamedTuple):
     data: bytes                   # the file's original bytes (stored unchanged)
     full_shape: tuple[int, int]   # (H, W) of the upright image: the label map's size in the shard
     rgb: np.ndarray               # the image segmented and described (downscaled when configured)
+    info: dict[str, Any]          # how the file was read: Pillow mode, frame count (rsfiqa.imageio)
 
 
 def load_images(batch: Sequence[tuple[str, Sample]], cfg: DictConfig, summary: Summary) -> list[LoadedImage]:
@@ -196,13 +209,54 @@ def load_images(batch: Sequence[tuple[str, Sample]], cfg: DictConfig, summary: S
     loaded = []
     for key, sample in batch:
         try:
-            rgb, data, _ = load_rgb(sample.image_path, max_pixels=cfg.image.max_pixels)
+            rgb, data, info = load_rgb(sample.image_path, max_pixels=cfg.image.max_pixels)
         except ImageError as e:
             reason = str(e).removeprefix(f"{sample.image_path}: ")
             summary.skipped.append({"item": sample.image_name, "reason": reason, "stage": "load"})
             continue
-        loaded.append(LoadedImage(key, sample, data, rgb.shape[:2], downscale(rgb, cfg.image.downscale_long_side)))
+        if info["frames"] > 1:
+            summary.notes.append({"item": sample.image_name, "note": "animated image: first frame used"})
+        loaded.append(LoadedImage(key, sample, data, rgb.shape[:2], downscale(rgb, cfg.image.downscale_long_side),
+                                  {"mode": info["mode"], "frames": info["frames"]}))
     return loaded
+
+
+class FailureGuard:
+    """Counts images that fail in the segmenter or describer one after another; at ``limit`` the run
+    stops (many in a row mean a broken set-up — no GPU memory, a dead model server — not bad images)."""
+
+    def __init__(self, limit: int = MAX_FAILURES_IN_A_ROW):
+        self.limit, self.in_a_row = limit, 0
+
+    def passed(self) -> None:
+        self.in_a_row = 0
+
+    def failed(self, stage: str, item: str, error: Exception) -> None:
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise AnnotateError(f"{self.in_a_row} images in a row failed in the {stage} stage, the last one "
+                                f"{item}: {type(error).__name__}: {error}; fix the set-up and rerun (finished "
+                                f"shards are kept)") from error
+
+
+def run_stage(stage: str, fn: Callable[[list[LoadedImage]], list[R]], images: list[LoadedImage],
+              summary: Summary, guard: FailureGuard) -> list[tuple[LoadedImage, R]]:
+    """``fn`` over the batch, one result per image; when it raises, image by image: an image that
+    fails alone is recorded in ``summary.skipped`` (stage + exception) and left out."""
+    try:
+        results = list(zip(images, fn(images), strict=True))
+    except Exception:  # noqa: BLE001 -- redone image by image below, where each failure is recorded
+        results = []
+        for image in images:
+            try:
+                results.append((image, fn([image])[0]))
+            except Exception as err:  # noqa: BLE001 -- recorded as this image's skip; the run goes on
+                summary.skipped.append({"item": image.sample.image_name, "stage": stage,
+                                        "reason": f"{stage} failed ({type(err).__name__}: {err})"})
+                guard.failed(stage, image.sample.image_name, err)
+    if results:
+        guard.passed()
+    return results
 
 
 def segment_images(segmenter: Segmenter, images: Sequence[np.ndarray]) -> list[Segmentation]:
@@ -226,7 +280,7 @@ def build_sample(image: LoadedImage, seg: Segmentation, descriptions: Sequence[M
     record = make_record(dataset=sample.dataset, image=sample.image_name, mos=sample.mos,
                          mos_range=sample.mos_range, higher_better=sample.higher_better, ref=sample.ref,
                          splits=sample.splits, regions=region_records(seg, descriptions), annotator=annotator,
-                         **sample.extra)
+                         image_info=image.info, **sample.extra)
     return encode_sample(image.key, image.data, sample.image_name, seg.label_map, record)
 
 
@@ -240,22 +294,23 @@ def count_missing(descriptions: Sequence[Mapping[str, Any]], summary: Summary) -
 
 def annotate_batch(batch: Sequence[tuple[str, Sample]], segmenter: Segmenter, describer: Describer,
                    writer: PartShardWriter, annotator: Mapping[str, Any], cfg: DictConfig,
-                   clock: StageClock) -> None:
+                   clock: StageClock, guard: FailureGuard) -> None:
     """Load, segment, describe and write one batch of samples."""
     summary = clock.summary
     with clock.stage("load", len(batch)):
         loaded = load_images(batch, cfg, summary)
-    if not loaded:
-        return
-    images = [item.rgb for item in loaded]
-    with clock.stage("segment", len(images)):
-        segs = segment_images(segmenter, images)
-    with clock.stage("describe", len(images)):
-        descriptions = describer.describe(images, segs)
-    with clock.stage("write", len(images)):
-        for image, seg, desc in zip(loaded, segs, descriptions, strict=True):
+    with clock.stage("segment", len(loaded)):
+        segmented = run_stage("segment", lambda items: segment_images(segmenter, [i.rgb for i in items]),
+                              loaded, summary, guard)
+    segs = {image.key: seg for image, seg in segmented}
+    with clock.stage("describe", len(segmented)):
+        described = run_stage("describe", lambda items: describer.describe([i.rgb for i in items],
+                                                                           [segs[i.key] for i in items]),
+                              [image for image, _ in segmented], summary, guard)
+    with clock.stage("write", len(described)):
+        for image, desc in described:
             count_missing(desc, summary)
-            writer.write(build_sample(image, seg, desc, annotator))
+            writer.write(build_sample(image, segs[image.key], desc, annotator))
             summary.written += 1
 
 
@@ -291,11 +346,11 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
         done = {k for keys in scan_shards(out).values() for k in keys}
         todo = [(k, s) for k, s in selected if k not in done]
         summary.already_done = len(selected) - len(todo)
-        clock = StageClock(summary)
+        clock, guard = StageClock(summary), FailureGuard()
         with writer, tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start:start + cfg.batch_size]
-                annotate_batch(batch, segmenter, describer, writer, annotator, cfg, clock)
+                annotate_batch(batch, segmenter, describer, writer, annotator, cfg, clock, guard)
                 bar.update(len(batch))
                 bar.set_postfix_str(clock.rates(), refresh=False)
         summary.shards_written = [p.name for p in writer.completed]

@@ -78,10 +78,14 @@ def region_text(
     (Table 5). The ratings are never cut; only the content phrase is shortened, word by word,
     until ``count_tokens`` (default: CLIP's BPE incl. start/end tokens) fits ``max_tokens``.
     With nothing selected the text is ``"Answer."`` (the paper's Table 4 first row).
-    A region whose description is missing yields ``""`` (the data module masks it out).
+    A region whose description is missing yields ``""`` (the data module masks it out), and so
+    does one where every selected part is missing (e.g. ``parts=("content",)`` and no content):
+    a placeholder would pass for a description.
     """
-    if region.get("content") is None and region.get("levels") is None:
+    if all(region.get(k) is None for k in ("content", "levels", "scores")):
         return ""
+    if not parts:
+        return "Answer."
     ratings = []
     levels = region.get("levels") or {}
     scores = region.get("scores") or {}
@@ -105,7 +109,7 @@ def region_text(
     while words and count(text) > max_tokens:
         words = words[:-1]
         text = join(" ".join(words))
-    return text or "Answer."
+    return text
 
 
 _CLIP_TOKENIZER = None

@@ -5,10 +5,14 @@ same documented treatment (README, "Failure behaviour"):
 
 * unreadable, empty, truncated or non-image files raise :class:`ImageError` naming the file;
 * EXIF orientation is applied (photos are processed upright);
-* grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images become 8-bit RGB;
+* grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images become 8-bit RGB
+  (16-bit modes ``I;16*`` are scaled by 255/65535, so a dark 16-bit image stays dark);
 * animated images use their first frame (recorded in ``info["frames"]``);
-* images over ``max_pixels`` are refused with a clear message (decompression-bomb guard);
-  callers that prefer downscaling pass ``downscale_to`` (long side in pixels).
+* images over ``max_pixels`` are refused with a clear message (decompression-bomb guard), checked
+  on the header before any pixel is decoded; Pillow's own warning threshold (about 89 MP) is
+  superseded by ``max_pixels``, its hard ceiling (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, about
+  179 MP) still applies and must be raised there for larger ``max_pixels``. Callers that prefer
+  downscaling pass ``downscale_to`` (long side in pixels).
 """
 from __future__ import annotations
 
@@ -33,9 +37,10 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16") or img.mode == "I":
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        # I;16 is 16-bit by definition; 32-bit "I" has no fixed range: 16-bit scale once a value exceeds 255
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         return Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
@@ -52,7 +57,7 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFA
     info: dict[str, Any] = {}
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides below
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels and downscale_to is None:
@@ -67,8 +72,8 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFA
             img = ImageOps.exif_transpose(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: refused by the decompression-bomb guard ({e})") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: refused by Pillow's decompression-bomb guard ({e})") from e
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not a readable image (unknown format)") from e
     except (OSError, SyntaxError, ValueError) as e:

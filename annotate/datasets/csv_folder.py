@@ -25,8 +25,10 @@ from rsfiqa.contract import make_record
 
 log = logging.getLogger(__name__)
 IMAGE_SUBFOLDER = "images"
-# keys a shard record sets itself (rsfiqa.contract.make_record); extra columns must not reuse them
-RECORD_KEYS = frozenset(inspect.signature(make_record).parameters) - {"extra"} | {"mos_norm", "contract_version"}
+# keys a shard record sets itself (rsfiqa.contract.make_record, annotate.pipeline.build_sample);
+# extra columns must not reuse them
+RECORD_KEYS = frozenset(inspect.signature(make_record).parameters) - {"extra"} | {"mos_norm", "contract_version",
+                                                                                   "image_info"}
 
 
 class CSVFolderAdapter(DatasetAdapter):

@@ -15,14 +15,18 @@ Per region the record holds
 
 A malformed answer is asked again up to ``max_retries`` times (sampled, seeded: a greedy retry
 would repeat itself); if it stays malformed the item is ``None`` and ``missing_reason`` says why
-— nothing is substituted. ``levels`` / ``scores`` / ``parsed_scores`` are ``None`` as a whole
-when every dimension is missing. Regions flagged invalid by the segmenter get
-``missing_reason = "empty region"`` and no conversation.
+— nothing is substituted. A backend call that raises (a timeout, a server error) or returns the
+wrong number of answers is repeated as it was, up to ``max_retries`` times; if it keeps failing,
+every item that call was for is ``None`` with the reason ``"backend error: <exception>"`` and the
+conversations go on with the next question (an empty answer stands in the history). Level
+log-probabilities that fail that way leave the parsed score in place, with a note.
+``levels`` / ``scores`` / ``parsed_scores`` are ``None`` as a whole when every dimension is missing.
+Regions flagged invalid by the segmenter get ``missing_reason = "empty region"`` and no conversation.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -35,6 +39,7 @@ from annotate.segment.postprocess import check_rgb, downscale
 from annotate.types import Segmentation
 from rsfiqa.contract import DIMENSIONS
 
+T = TypeVar("T")
 PARSERS: dict[str, Callable[[str], Parsed]] = {"content": parse_content, "level": parse_level, "score": parse_score}
 DEFAULT_MAX_TOKENS = {"content": 64, "level": 32, "score": 32}
 
@@ -63,6 +68,10 @@ class RegionChat:
 
 def _none_if_empty(values: dict[str, Any]) -> dict[str, Any] | None:
     return values if any(v is not None for v in values.values()) else None
+
+
+class BackendFailure(Exception):
+    """A backend call that kept failing; its message is the items' ``missing_reason`` text."""
 
 
 class MLLMDescriber:
@@ -141,27 +150,57 @@ class MLLMDescriber:
                              for c in chats]
             if kind == "level" and self.use_level_logprobs:
                 prefix = prompts.answer_prefix("level", dim)
-                logprobs = self.backend.level_logprobs([prompts.with_answer_prefix(m, prefix) for m in conversations])
-                for chat, lp in zip(chats, logprobs):
-                    chat.qalign[dim] = qalign_expectation(lp)
+                try:
+                    logprobs = self.call_backend(self.backend.level_logprobs,
+                                                 [prompts.with_answer_prefix(m, prefix) for m in conversations])
+                except BackendFailure as failure:
+                    qalign = [Parsed(None, str(failure))] * len(chats)
+                else:
+                    qalign = [qalign_expectation(lp) for lp in logprobs]
+                for chat, q in zip(chats, qalign):
+                    chat.qalign[dim] = q
             answers, parsed = self.ask(conversations, PARSERS[kind], self.max_tokens[kind])
             for chat, answer, p in zip(chats, answers, parsed):
                 chat.answers.append(answer.strip())
                 chat.parsed[(kind, dim)] = p
 
+    def call_backend(self, method: Callable[..., list[T]], conversations: list[Conversation], *args: Any,
+                     **kwargs: Any) -> list[T]:
+        """``method(conversations, ...)``, repeated up to ``max_retries`` times while it raises or returns
+        a wrong number of results; then :class:`BackendFailure` with the last problem."""
+        problem = ""
+        for _ in range(1 + self.max_retries):
+            try:
+                results = list(method(conversations, *args, **kwargs))
+            except Exception as err:  # noqa: BLE001 -- any backend failure is retried, then reported per item
+                problem = f"{type(err).__name__}: {err}"
+                continue
+            if len(results) == len(conversations):
+                return results
+            problem = f"{len(results)} results for {len(conversations)} conversations"
+        raise BackendFailure(f"backend error: {problem} (after {1 + self.max_retries} attempts)")
+
     def ask(self, conversations: list[Conversation], parser: Callable[[str], Parsed],
             max_tokens: int) -> tuple[list[str], list[Parsed]]:
         """Answers (greedy, then seeded re-samples of the malformed ones) and what parses from them."""
-        answers = self.backend.generate(conversations, max_tokens)
+        try:
+            answers = self.call_backend(self.backend.generate, conversations, max_tokens)
+        except BackendFailure as failure:
+            return [""] * len(conversations), [Parsed(None, str(failure))] * len(conversations)
         parsed = [parser(a) for a in answers]
+        attempts = 1
         for attempt in range(1, self.max_retries + 1):
             todo = [k for k, p in enumerate(parsed) if not p.ok]
             if not todo:
                 break
-            retried = self.backend.generate([conversations[k] for k in todo], max_tokens, sample_seed=self.seed + attempt)
+            try:
+                retried = self.call_backend(self.backend.generate, [conversations[k] for k in todo], max_tokens,
+                                            sample_seed=self.seed + attempt)
+            except BackendFailure:
+                break  # the malformed answers stand, with their reasons
+            attempts += 1
             for k, answer in zip(todo, retried):
                 answers[k], parsed[k] = answer, parser(answer)
-        attempts = 1 + self.max_retries
         return answers, [p if p.ok else Parsed(None, f"{p.reason} (after {attempts} attempts)") for p in parsed]
 
     # ------------------------------------------------------------------ records

@@ -11,9 +11,13 @@ Stages and what they read
     predict  every sample of each ``test_shards`` (else ``train_shards``) directory, in a fixed
              order, without augmentation.
 
-Missing descriptions. A region whose description is missing (text ``""``) stays in the label map
-but is marked invalid in ``region_valid``, so region-semantic attention ignores it; empty regions
-(``valid: false``) are invalid too.
+Missing descriptions, one rule. A region is valid in ``region_valid`` exactly when the annotator
+flagged it ``valid`` (non-empty) and its text (``contract.region_text`` with the chosen parts and
+dimensions) is not ``""``. So a region whose description is missing (``content``, ``levels`` and
+``scores`` all null, with a ``missing_reason``) or lacks every selected part stays in the label map
+but is ignored by region-semantic attention (eqs. 6-9); a partly missing description keeps the
+items it has (the text lists only those) and the region stays valid. Missing scores are NaN in
+``region_scores``. Nothing is filled in.
 
 Equal batches under DDP. At setup every shard is scanned once (tar headers and JSON records only;
 cached per file) to count the samples of each split. For training on R ranks, shard ``i`` goes to
@@ -23,8 +27,17 @@ repeatedly and every rank stops after exactly ``ceil(N_train / (R * batch_size))
 epoch is one exact pass over the training samples. Evaluation runs on every rank over the whole
 set (nothing padded or duplicated into the metrics; see ``RSFIQAModule``).
 
-Errors. A truncated or corrupt shard, a record without ``split_tag`` or with a region count other
-than ``num_regions`` raise an error naming the shard (and sample); nothing is skipped silently.
+Errors. A truncated or corrupt shard (at setup, or when it changes afterwards: at read time), a
+sample whose JSON record or image cannot be read, a record without ``split_tag`` or with a region
+count other than ``num_regions`` raise an error naming the shard (and sample); nothing is skipped
+silently.
+
+Resuming. The order of training pass ``p`` (one epoch on one device) depends only on ``seed`` and
+``p``: shard order (webdataset ``detshuffle``, seeded ``seed + p``), shuffle buffer and flips
+(:class:`PassShuffle`, :func:`coin_flip`). A loader built for a run resumed at epoch ``e`` starts
+at pass ``e`` (the first epoch not yet trained, :meth:`ShardDataModule._first_pass`), so
+``rsfiqa fit --ckpt_path`` with a checkpoint of the last finished epoch sees the same data order
+as an uninterrupted run (on one device; under DDP the streams repeat without epoch boundaries).
 """
 from __future__ import annotations
 
@@ -80,11 +93,14 @@ def _scan_shard_cached(path: str, size: int, mtime_ns: int) -> tuple[SampleInfo,
                 key, _, ext = member.name.partition(".")
                 if ext != contract.JSON_KEY:
                     continue
-                record = json.loads(tar.extractfile(member).read())
+                try:
+                    record = json.loads(tar.extractfile(member).read())
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise ShardError(f"{path}:{key}: unreadable JSON record ({err})") from err
                 contract.validate_record(record, f"{path}:{key}")
                 samples.append(SampleInfo(key, dict(record["splits"]), len(record["regions"]), record["dataset"],
                                           tuple(record["mos_range"]), bool(record["higher_better"])))
-    except (tarfile.TarError, OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (tarfile.TarError, OSError) as err:
         raise ShardError(f"{path}: corrupt or truncated shard ({err})") from err
     return tuple(samples)
 
@@ -434,14 +450,27 @@ class ShardDataModule(LightningDataModule):
             f"training on {world} devices needs at least one shard with train samples per device; "
             f"{len(urls)} shards in {self.train_shards}: annotate with smaller shards or use fewer devices")
 
+    def _first_pass(self) -> int:
+        """The epoch the training loader starts with. A run resumed from a checkpoint saved at the end
+        of an epoch (its validation end) builds the loader before Lightning counts that epoch as
+        completed, so ``current_epoch`` still names the finished epoch; the number of epochs
+        *processed* is the one to train next."""
+        if self.trainer is None:
+            return 0
+        fit_loop = getattr(self.trainer, "fit_loop", None)
+        if fit_loop is None:
+            return self.trainer.current_epoch
+        return max(self.trainer.current_epoch, fit_loop.epoch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented ``train`` samples; equal batch counts on every rank (module docstring)."""
         sets = self._shard_sets(self.train_shards, "train")
         urls = [u for s in sets for u in s.urls]
         world, rank = self._world()
         workers = self._train_workers(sets, world)
-        first_pass = self.trainer.current_epoch if self.trainer is not None else 0
-        stream = wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=self.seed,
+        first_pass = self._first_pass()
+        # detshuffle seeds pass k of this loader with seed + k: offset by the first pass (resuming)
+        stream = wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=self.seed + first_pass,
                                 nodesplitter=RankShards(rank, world), workersplitter=wds.split_by_worker,
                                 handler=ShardErrorHandler(urls), empty_check=False)
         stream = stream.compose(PassShuffle(self.shuffle_buffer, self.seed, rank, first_pass),
