@@ -5,7 +5,9 @@ Configs are YAML parsed in OmegaConf mode, so a config may interpolate its own v
 example ``img_size: ${data.image_size}``); interpolations are resolved when the file is read, so
 command-line overrides do not propagate through them. ``data.num_regions`` is linked to
 ``model.num_regions`` (set L once, under ``data``). Default callbacks, each configurable under its
-own key: ``checkpoint`` (ModelCheckpoint on val SRCC, max, plus ``last.ckpt``), ``early_stopping``
+own key: ``checkpoint`` (ModelCheckpoint on val SRCC, max), ``last_checkpoint`` (``last.ckpt``
+rewritten after every epoch, for ``--ckpt_path`` resumption: Lightning's own ``save_last`` only
+refreshes it when a new best is saved), ``early_stopping``
 (EarlyStopping on val SRCC, max; the paper uses early stopping but gives no patience, ours is a
 config value), ``lr_monitor``, ``prediction_writer`` (``predictions.csv`` in the run directory),
 ``test_report`` (``rsfiqa test``: ``results.csv``/``results.md``, per-dataset predictions and scatter
@@ -78,14 +80,16 @@ class RSFIQACLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_regions", "model.num_regions")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(TrainingCurves, "curves")
         parser.set_defaults({
-            "checkpoint.monitor": "val/srcc", "checkpoint.mode": "max", "checkpoint.save_last": True,
+            "checkpoint.monitor": "val/srcc", "checkpoint.mode": "max", "checkpoint.save_last": False,
             "checkpoint.filename": "epoch{epoch:03d}-srcc{val/srcc:.4f}", "checkpoint.auto_insert_metric_name": False,
+            "last_checkpoint.monitor": None, "last_checkpoint.save_top_k": 1, "last_checkpoint.filename": "last",
             "early_stopping.monitor": "val/srcc", "early_stopping.mode": "max",
             "early_stopping.patience": EARLY_STOPPING_PATIENCE,
             "lr_monitor.logging_interval": "epoch",

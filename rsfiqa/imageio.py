@@ -31,7 +31,7 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names the file and the problem."""
 
 
-def _to_rgb8(img: Image.Image) -> Image.Image:
+def to_rgb8(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -78,7 +78,7 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFA
         raise ImageError(f"{name}: not a readable image (unknown format)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: broken image data ({e})") from e
-    rgb = _to_rgb8(img)
+    rgb = to_rgb8(img)
     if downscale_to is not None and max(rgb.size) > downscale_to:
         scale = downscale_to / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BICUBIC)

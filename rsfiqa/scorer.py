@@ -46,10 +46,11 @@ from annotate.describe import build_describer
 from annotate.pipeline import region_records, segment_images
 from annotate.segment import build_segmenter
 from annotate.segment.postprocess import downscale, resize_segmentation
+from annotate.datasets.base import printable
 from annotate.types import Describer, Segmentation, Segmenter
 from rsfiqa import contract
 from rsfiqa.data import transforms
-from rsfiqa.imageio import DEFAULT_MAX_PIXELS, ImageError, _to_rgb8, load_rgb
+from rsfiqa.imageio import DEFAULT_MAX_PIXELS, ImageError, to_rgb8, load_rgb
 from rsfiqa.model.net import RSFIQANet
 from rsfiqa.model.text import FROM_CHECKPOINT
 from rsfiqa.module import NET_ARGS
@@ -255,7 +256,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def input_name(item: ImageInput, index: int) -> str:
     """How an input is named in records and error messages."""
     if isinstance(item, (str, os.PathLike)):
-        return str(item)
+        return printable(str(item))  # undecodable bytes escaped, as annotation reports them
     return f"<{type(item).__name__} #{index}>"
 
 
@@ -269,7 +270,7 @@ def load_input(item: ImageInput, name: str, max_pixels: int | None) -> np.ndarra
         item = Image.fromarray(item)
     if not isinstance(item, Image.Image):
         raise ImageError(f"{name}: not an image (expected a path, a PIL image or a uint8 numpy array)")
-    rgb = np.asarray(_to_rgb8(ImageOps.exif_transpose(item)), dtype=np.uint8)
+    rgb = np.asarray(to_rgb8(ImageOps.exif_transpose(item)), dtype=np.uint8)
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ImageError(f"{name}: image has no pixels")
     return rgb

@@ -221,9 +221,6 @@ def test_score_scores_the_usable_kinds_and_names_each_failure(corpus_checkpoint,
             assert len(regions) == L and any(r["valid"] for r in regions), k.kind
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="rsfiqa/score.py writes the surrogate-escaped file name into the UTF-8 CSV "
-                          "(UnicodeEncodeError ends the run); fix pending in score.py, see docs/FAILURES.md")
 def test_score_survives_a_non_utf8_file_name(corpus_checkpoint, tmp_path, capsys):
     kind = BY_KIND["non_utf8_name"]
     badinputs.write_images(tmp_path / "photos", [kind, BY_KIND["grayscale"]])

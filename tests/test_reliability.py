@@ -82,11 +82,6 @@ def fit(workdir: Path, args: list[str]):
         return cli.main(["fit", *args])
 
 
-# A checkpoint of every finished epoch, named resume.ckpt (see test_last_ckpt_is_the_last_epoch).
-EVERY_EPOCH = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-               "--trainer.callbacks.filename=resume", "--trainer.callbacks.monitor=null"]
-
-
 @pytest.fixture(scope="module")
 def interrupted_and_straight(synth_shards, tiny_model_args, tmp_path_factory):
     """Run A: 4 epochs straight. Run B: 2 epochs, then ``--ckpt_path`` with max_epochs 4 (a new
@@ -97,12 +92,12 @@ def interrupted_and_straight(synth_shards, tiny_model_args, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     common = ["--data.train_shards", str(synth_shards), "--data.image_size", "32", "--data.batch_size", "5",
               *tiny_model_args, "--model.lr", "1e-3", "--trainer.accelerator", "cpu",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *EVERY_EPOCH]
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     run_a = fit(tmp / "a", [*common, "--trainer.max_epochs", "4"])
     fit(tmp / "b", [*common, "--trainer.max_epochs", "2", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min"])
     first = tmp / "b" / "runs" / "rsfiqa" / "version_0"
     run_b = fit(tmp / "b", [*common, "--trainer.max_epochs", "4", "--ckpt_path", str(first / "checkpoints" /
-                                                                                     "resume.ckpt")])
+                                                                                     "last.ckpt")])
     return run_a, run_b, first
 
 
@@ -121,9 +116,6 @@ def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_fit(interrupted_
     assert worst < 1e-5, f"largest weight difference {worst}"
 
 
-@pytest.mark.xfail(strict=True, reason="rsfiqa/cli.py: with Lightning 2.6, ModelCheckpoint(save_last=True) rewrites "
-                                       "last.ckpt only when a top-k checkpoint is saved, so last.ckpt is the best "
-                                       "epoch, not the last; fix pending in cli.py (docs/FAILURES.md)")
 def test_last_ckpt_is_the_last_epoch(interrupted_and_straight):
     _, _, first_run = interrupted_and_straight
     last = torch.load(first_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
