@@ -24,7 +24,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from rsfiqa import contract
-from rsfiqa.model.feature_cache import FeatureCache
+from rsfiqa.model.feature_cache import FeatureCache, TextCache
 from rsfiqa.model.net import RSFIQANet
 
 NET_ARGS = tuple(p for p in inspect.signature(RSFIQANet.__init__).parameters if p != "self")
@@ -51,9 +51,9 @@ class RSFIQAModule(LightningModule):
         eta_min: cosine annealing floor (paper: 0).
         backbone_lr: learning rate of the image backbone (None = lr).
         text_lr: learning rate of the text encoder when it is not frozen (None = lr).
-        feature_cache: directory of a disk cache of the frozen backbone's features
-            (:mod:`rsfiqa.model.feature_cache`; shared across runs); needs ``freeze_backbone=True``.
-            None = no cache.
+        feature_cache: directory of a disk cache of the frozen backbone's features and, when the
+            text encoder is frozen, of the region-text embeddings (:mod:`rsfiqa.model.feature_cache`;
+            shared across runs); needs ``freeze_backbone=True``. None = no cache.
         feature_cache_dtype: dtype the cached features are stored in (float16, bfloat16, float32).
     """
 
@@ -90,8 +90,11 @@ class RSFIQAModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = RSFIQANet(**{name: self.hparams[name] for name in NET_ARGS})
-        self.feature_cache = (None if feature_cache is None else
-                              FeatureCache(feature_cache, self.net.backbone, feature_cache_dtype).attach())
+        self.feature_cache = self.text_cache = None
+        if feature_cache is not None:
+            self.feature_cache = FeatureCache(feature_cache, self.net.backbone, feature_cache_dtype).attach()
+            if self.net.text_encoder is not None and freeze_text:
+                self.text_cache = TextCache(feature_cache, self.net.text_encoder).attach()
         self.train_metrics = quality_metrics("train/", sync=True)
         self.val_metrics = quality_metrics("val/", sync=False)
         self.test_metrics = nn.ModuleList()

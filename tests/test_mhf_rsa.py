@@ -88,6 +88,20 @@ def test_rsa_bias_equals_naive_loop_over_regions() -> None:
     torch.testing.assert_close(rsa_bias(G, lam), naive, rtol=1e-5, atol=1e-6)
 
 
+def test_factorised_bias_equals_the_literal_eq8_form() -> None:
+    """region_bias (factorised, no G built) equals lambda * G G^T of region_features, also with
+    an invalid region, and its gradients agree too."""
+    rsa, x, masks, valid, text = rsa_inputs()
+    valid[1, 0] = False
+    x.requires_grad_(True)
+    fast = rsa.region_bias(x, masks, valid, text)
+    literal = rsa_bias(rsa.region_features(x, masks, valid, text), rsa.lam)
+    torch.testing.assert_close(fast, literal, rtol=1e-5, atol=1e-6)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    (grad_literal,) = torch.autograd.grad(literal.square().sum(), x)
+    torch.testing.assert_close(grad_fast, grad_literal, rtol=1e-4, atol=1e-6)
+
+
 def test_region_features_vanish_outside_their_region_and_bias_across_regions() -> None:
     rsa, x, masks, valid, text = rsa_inputs()
     G = rsa.region_features(x, masks, valid, text).view(2, 16, L, DIM)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .backbone import Backbone
 from .head import QualityHead
 from .mhf import MHF, Attention, PlainFusion, additive_mask
-from .rsa import RegionSemanticAttention, label_onehot, pool_region_masks
+from .rsa import RegionSemanticAttention, check_label_map, pool_region_masks
 from .text import TextEncoder, text_projection
 
 
@@ -105,7 +105,8 @@ class RSFIQANet(nn.Module):
             raise ValueError("return_attn needs use_rsa=True")
         self.check_inputs(images, label_map, region_valid, texts)
         # host-side work first (label check, text cache), so it never waits for queued device work
-        onehot = label_onehot(label_map, self.num_regions) if self.rsa is not None else None
+        if self.rsa is not None:
+            check_label_map(label_map, self.num_regions)
         if self.text_encoder is not None:
             text, valid = self.encode_region_texts(texts, region_valid)
         else:
@@ -115,7 +116,7 @@ class RSFIQANet(nn.Module):
         tokens = self.fusion(levels)
         out: dict = {"grid": grid}
         if self.rsa is not None:
-            masks = pool_region_masks(onehot, grid)
+            masks = pool_region_masks(label_map, self.num_regions, grid)
             tokens, attn = self.rsa(tokens, masks, valid, text, return_attn)
             if return_attn:
                 out["rsa_attn"] = attn

@@ -1,0 +1,6 @@
+"""``python -m demo``: see :mod:`demo`."""
+import sys
+
+from demo import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The demo (``python -m demo``): every step runs on the real bundled photos and every output it
+prints exists; a failing step stops it with a message naming the step."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK_PHOTOS = 12
+
+
+def printed_outputs(stdout: str) -> dict[str, list[Path]]:
+    """The ``Outputs:`` section of the demo's summary: label -> paths (``  label: path`` lines)."""
+    lines = stdout.split("\nOutputs:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    outputs: dict[str, list[Path]] = {}
+    for line in lines:
+        label, path = line.strip().split(": ", 1)
+        outputs.setdefault(label, []).append(Path(path))
+    return outputs
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``python -m demo --quick`` run once, as ``make demo`` runs it (from the repository root)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    # one torch thread: at 64 px there is little to share, and on a busy machine waiting threads cost more
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, out
+
+
+def test_quick_demo_prints_every_output_and_each_exists(quick_demo):
+    proc, out = quick_demo
+    outputs = printed_outputs(proc.stdout)
+    assert set(outputs) == {"shards index", "checkpoint", "training logs (TensorBoard, metrics.csv, curves.png)",
+                            "results table", "results table (markdown)", "scatter plot", "scores", "heatmaps folder"}
+    for label, paths in outputs.items():
+        for path in paths:
+            assert path.exists(), f"{label}: {path} is printed but missing"
+            assert out in path.parents, f"{label}: {path} is outside --out {out}"
+    for step in ("annotate", "train", "test", "score"):
+        assert f"{step} done in" in proc.stdout
+
+
+def test_quick_demo_outputs_hold_what_they_should(quick_demo):
+    proc, out = quick_demo
+    outputs = printed_outputs(proc.stdout)
+    index = json.loads(outputs["shards index"][0].read_text())
+    assert index["count"] == QUICK_PHOTOS
+    assert outputs["checkpoint"][0].suffix == ".ckpt"
+    run_dir = outputs["training logs (TensorBoard, metrics.csv, curves.png)"][0]
+    assert (run_dir / "metrics.csv").is_file() and list(run_dir.glob("events.out.tfevents*"))
+
+    results = read_rows(outputs["results table"][0])
+    assert [r["dataset"] for r in results] == ["clive-demo"]
+    assert int(results[0]["n"]) == 3  # 12 photos split 6/3/3 in quick mode
+    assert all(math.isfinite(float(results[0][m])) for m in ("plcc", "srcc", "krcc", "rmse"))
+    assert f"SRCC {float(results[0]['srcc']):.3f}" in proc.stdout, "the summary prints the test metrics"
+
+    scores = read_rows(outputs["scores"][0])
+    photos = sorted(p.name for p in (out / "photos" / "images").iterdir())
+    assert len(photos) == QUICK_PHOTOS
+    assert sorted(Path(r["image"]).name for r in scores) == photos, "one row per scored photo"
+    assert all(math.isfinite(float(r["score"])) and r["scale_dataset"] == "clive-demo" for r in scores)
+    heatmaps = sorted(outputs["heatmaps folder"][0].glob("*.png"))
+    assert [p.stem for p in heatmaps] == sorted(Path(p).stem for p in photos)
+    assert {Path(r["heatmap"]) for r in scores} == set(heatmaps)
+
+
+def test_a_failing_step_stops_the_demo_naming_it(tmp_path, monkeypatch, capsys):
+    """Two labelled photos, one of them missing: annotation writes one, and the demo stops there."""
+    monkeypatch.syspath_prepend(str(REPO))
+    import demo
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = read_rows(demo.DATA / "labels.csv")[:2]
+    shutil.copy2(demo.DATA / "images" / rows[0]["image"], data / "images")
+    with open(data / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    monkeypatch.setattr(demo, "DATA", data)
+
+    assert demo.main(["--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "demo: error: step 1/4 (annotate) failed" in err and "holds 1 annotated photos" in err
+    assert not (tmp_path / "out" / "runs").exists(), "no later step ran"
