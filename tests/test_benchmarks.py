@@ -61,7 +61,7 @@ def test_annotation_stages_loader_and_tiny_sam(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     for stage in ("image decode", "classical segmenter", "measures describer", "shard writing"):
         assert f"| {stage}" in out
-    assert "ratio loader (num_workers=0) / train step:" in out and "(must be > 1)" in out
+    assert "ratio loader (num_workers=0) / train step:" in out and "(must be > 1: " in out
     assert "ratio loader (num_workers=0) / given step rate 1000 img/s:" in out
     assert "SAM with RANDOM weights" in out and "honest for the image-encoder time only" in out
     assert "| tiny | fp32 | 256 |" in out
