@@ -88,6 +88,7 @@ def protocol_overlay(shards: str, split: str, split_dir: Path) -> dict[str, Any]
     return {"data": {"train_shards": str(Path(shards).resolve()), "split_tag": split, "test_shards": None},
             "trainer": {"default_root_dir": str(split_dir), "logger": loggers},
             "checkpoint": {"dirpath": str(split_dir / "checkpoints")},
+            "last_checkpoint": {"dirpath": str(split_dir / "checkpoints")},
             "test_report": {"out_dir": str(split_dir)}}
 
 
