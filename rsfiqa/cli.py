@@ -38,6 +38,8 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("rsfiqa.score:main", "Score images or a folder of images with a trained checkpoint."),
     "splits": ("rsfiqa.eval.splits:main", "Train and test over the 10 random splits; report mean and std."),
     "ablate": ("rsfiqa.eval.ablate:main", "Run the paper's ablation configs (Tables 3-6) and tabulate them."),
+    "probe": ("rsfiqa.eval.rsa_probe:main", "RSA diagnostics of a trained split: bias scale, test SRCC without "
+                                            "the bias or with other images' descriptions."),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 SEED_DEFAULT = 0

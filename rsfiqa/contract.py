@@ -34,6 +34,7 @@ JSON_KEY = "json"
 INDEX_NAME = "index.json"
 SPLIT_VALUES = ("train", "val", "test")
 CLIP_CONTEXT_LENGTH = 77
+PLACEHOLDER_TEXT = "Answer."  # the description when no prompt part is selected (paper, Table 4 first row)
 
 
 # --------------------------------------------------------------------------- keys and scores
@@ -85,7 +86,7 @@ def region_text(
     if all(region.get(k) is None for k in ("content", "levels", "scores")):
         return ""
     if not parts:
-        return "Answer."
+        return PLACEHOLDER_TEXT
     ratings = []
     levels = region.get("levels") or {}
     scores = region.get("scores") or {}

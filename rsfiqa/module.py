@@ -68,6 +68,7 @@ class RSFIQAModule(LightningModule):
         use_text: bool = True,
         use_rsa: bool = True,
         rsa_hard_mask: bool = False,
+        rsa_norm: str = "none",
         text_encoder: str = "clip",
         text_model: str = "ViT-B-32",
         text_pretrained: str | None = None,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces the CLIVE table of docs/results/clive.md: rows (a)-(d) (configs/clive/*.yaml on top of
-# configs/cpu.yaml), each trained and tested on splits seed0, seed1, seed2 of clive-dev
+# Reproduces the CLIVE table of docs/results/clive.md: rows (a)-(d) and (g) (configs/clive/*.yaml on top
+# of configs/cpu.yaml), each trained and tested on splits seed0, seed1, seed2 of clive-dev
 # (70/10/20 train/val/test by image; checkpoint and early stopping on val SRCC), reported as
 # mean ± std (ddof 1) of test PLCC/SRCC.
 #
@@ -9,7 +9,7 @@
 #   SHARDS  annotated clive-dev (default shards/csv; annotated first with `make annotate` if absent)
 #   OUT     run folder (default runs/clive); the table is OUT/clive.md and OUT/clive.csv
 #   CACHE   feature cache of the frozen backbone and text encoder (default runs/cache), shared by
-#           all 12 runs: each image and orientation passes the backbone once
+#           all 15 runs: each image and orientation passes the backbone once
 #   STREAMS=2 (env) runs two rows at a time as separate single-threaded processes; a last
 #           `rsfiqa ablate` finds every split done (resumable protocol) and writes the full table.
 set -euo pipefail
@@ -19,7 +19,8 @@ OUT=${2:-runs/clive}
 CACHE=${3:-runs/cache}
 STREAMS=${STREAMS:-2}
 RSFIQA=${RSFIQA:-.venv/bin/rsfiqa}
-ROWS=(configs/clive/a_baseline.yaml configs/clive/b_mhf.yaml configs/clive/c_mhf_text.yaml configs/clive/d_full.yaml)
+ROWS=(configs/clive/a_baseline.yaml configs/clive/b_mhf.yaml configs/clive/c_mhf_text.yaml configs/clive/d_full.yaml
+      configs/clive/g_rsa_region.yaml)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per process: no oversubscription on a shared CPU
 
 if [ ! -f "$SHARDS/index.json" ]; then

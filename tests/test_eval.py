@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from rsfiqa import cli
-from rsfiqa.eval import ablate, report, splits
+from rsfiqa.eval import ablate, report, rsa_probe, splits
 from rsfiqa.eval.callbacks import TestReport, unique_names
 from conftest import TINY_MODEL
 from shardgen import write_shards
@@ -246,3 +246,30 @@ def test_read_results_names_a_bad_file(tmp_path):
     bad.write_text("dataset,n\nlive,3\n")
     with pytest.raises(report.ReportError, match=r"results.csv: not a results file"):
         report.read_results(bad)
+
+
+# --------------------------------------------------------------------------- rsfiqa probe
+def test_probe_reproduces_the_split_test_score_and_reports_the_bias(first_split, capsys):
+    result = cli.main(["probe", str(first_split / "seed0")])
+    (row,) = read_csv(first_split / "seed0" / "results.csv")
+    assert result["full"]["srcc"] == pytest.approx(float(row["srcc"]), abs=1e-4)
+    assert result["full"]["plcc"] == pytest.approx(float(row["plcc"]), abs=1e-4)
+    assert result["images"] == int(row["n"])
+    assert result["lambda"] > 0 and result["logits_std"] > 0 and 0 <= result["attention_tv"] <= 1
+    out = capsys.readouterr().out
+    assert all(variant in out for variant in rsa_probe.VARIANTS)
+
+
+def test_probe_refuses_a_folder_without_a_finished_fit(tmp_path):
+    with pytest.raises(SystemExit, match="fit_done.json"):
+        cli.main(["probe", str(tmp_path)])
+
+
+def test_probe_variants_restore_the_model_and_rotate_descriptions():
+    from rsfiqa.model.rsa import RegionSemanticAttention
+    rsa = RegionSemanticAttention(8, 4, 2)
+    rsa.log_lambda.data.fill_(0.3)
+    with rsa_probe.bias_removed(rsa):
+        assert rsa.lam == 0
+    assert rsa.log_lambda.item() == pytest.approx(0.3)
+    assert rsa_probe.rotated([["a", "b"], ["c", "d"], ["e", "f"]]) == [["c", "d"], ["e", "f"], ["a", "b"]]

@@ -26,9 +26,9 @@ def block_label_map(batch: int = 2, size: int = 32) -> torch.Tensor:
     return lm
 
 
-def rsa_inputs(batch: int = 2, hard_mask: bool = False):
+def rsa_inputs(batch: int = 2, hard_mask: bool = False, norm: str = "none"):
     torch.manual_seed(0)
-    rsa = RegionSemanticAttention(DIM, TEXT_DIM, HEADS, hard_mask=hard_mask)
+    rsa = RegionSemanticAttention(DIM, TEXT_DIM, HEADS, hard_mask=hard_mask, norm=norm)
     x = torch.randn(batch, 16, DIM)
     masks = region_masks(block_label_map(batch), L, (4, 4))
     valid = torch.ones(batch, L, dtype=torch.bool)
@@ -88,14 +88,15 @@ def test_rsa_bias_equals_naive_loop_over_regions() -> None:
     torch.testing.assert_close(rsa_bias(G, lam), naive, rtol=1e-5, atol=1e-6)
 
 
-def test_factorised_bias_equals_the_literal_eq8_form() -> None:
-    """region_bias (factorised, no G built) equals lambda * G G^T of region_features, also with
-    an invalid region, and its gradients agree too."""
-    rsa, x, masks, valid, text = rsa_inputs()
+@pytest.mark.parametrize("norm", ["none", "region"])
+def test_factorised_bias_equals_the_literal_eq8_form(norm: str) -> None:
+    """region_bias (factorised, no G built) equals lambda * G G^T of region_features (over sqrt(C)
+    for the region norm), also with an invalid region, and its gradients agree too."""
+    rsa, x, masks, valid, text = rsa_inputs(norm=norm)
     valid[1, 0] = False
     x.requires_grad_(True)
     fast = rsa.region_bias(x, masks, valid, text)
-    literal = rsa_bias(rsa.region_features(x, masks, valid, text), rsa.lam)
+    literal = rsa_bias(rsa.region_features(x, masks, valid, text), rsa.bias_coefficient(DIM))
     torch.testing.assert_close(fast, literal, rtol=1e-5, atol=1e-6)
     (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
     (grad_literal,) = torch.autograd.grad(literal.square().sum(), x)
@@ -189,6 +190,37 @@ def test_bias_starts_on_the_scale_of_the_logits() -> None:
         logits = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
     ratio = bias[bias != 0].std() / logits.std()
     assert 0.1 < ratio < 10
+
+
+def test_region_norm_with_uniform_attention_gives_the_masked_features() -> None:
+    """norm="region": a_i relative to uniform, so keys that ignore the tokens give G_i = M_i V."""
+    rsa, x, masks, valid, text = rsa_inputs(norm="region")
+    valid[0, 2] = False
+    torch.nn.init.zeros_(rsa.region_key.weight)
+    with torch.no_grad():
+        coef, _ = rsa.region_coefficients(x, masks, valid, text)
+    expected = (masks * valid[..., None])[:, :, None, :].expand_as(coef)
+    torch.testing.assert_close(coef, expected)
+
+
+def test_region_norm_keeps_the_bias_scale_on_finer_grids() -> None:
+    """Eq. (8) as written shrinks like 1/cells^2 from a 7x7 to a 28x28 grid; the region norm does not."""
+    lm = torch.full((2, 224, 224), 4)
+    lm[:, :100, :120], lm[:, :100, 120:], lm[:, 100:, :60], lm[:, 150:, 60:200] = 0, 1, 2, 3
+    text, valid = torch.randn(2, 5, TEXT_DIM), torch.ones(2, 5, dtype=torch.bool)
+
+    def bias_std(norm: str, side: int) -> float:
+        torch.manual_seed(0)
+        rsa = RegionSemanticAttention(DIM, TEXT_DIM, HEADS, norm=norm)
+        x = torch.randn(2, side * side, DIM)
+        with torch.no_grad():
+            bias = rsa.region_bias(x, region_masks(lm, 5, (side, side)), valid, text)
+        return float(bias[bias != 0].std())
+
+    assert bias_std("none", 28) < 0.05 * bias_std("none", 7)
+    assert 0.5 < bias_std("region", 28) / bias_std("region", 7) < 2.0
+    with pytest.raises(ValueError, match="norm"):
+        RegionSemanticAttention(DIM, TEXT_DIM, HEADS, norm="grid")
 
 
 def test_rsa_under_bf16_autocast_is_finite() -> None:

@@ -59,6 +59,7 @@ class RSFIQANet(nn.Module):
     def __init__(self, backbone: str = "efficientnet_lite0", pretrained: bool | str | None = None,
                  num_regions: int = 5, embed_dim: int = 256, num_heads: int = 4,
                  use_mhf: bool = True, use_text: bool = True, use_rsa: bool = True, rsa_hard_mask: bool = False,
+                 rsa_norm: str = "none",
                  text_encoder: str = "clip", text_model: str = "ViT-B-32", text_pretrained: str | None = None,
                  freeze_text: bool = True, freeze_backbone: bool = False, out_indices: tuple[int, ...] | None = None,
                  head_self_attn: bool = True, pool: str = "mean", dropout: float = 0.1,
@@ -72,7 +73,7 @@ class RSFIQANet(nn.Module):
         self.fusion = MHF(channels, embed_dim, num_heads) if use_mhf else PlainFusion(channels, embed_dim)
         self.text_encoder = TextEncoder(text_encoder, text_model, text_pretrained, freeze_text) if use_text else None
         text_dim = self.text_encoder.dim if self.text_encoder is not None else None
-        self.rsa = (RegionSemanticAttention(embed_dim, text_dim, num_heads, rsa_hard_mask, num_regions)
+        self.rsa = (RegionSemanticAttention(embed_dim, text_dim, num_heads, rsa_hard_mask, num_regions, rsa_norm)
                     if use_rsa else None)
         self.text_fusion = TextCrossFusion(embed_dim, text_dim, num_heads) if use_text and not use_rsa else None
         self.head = QualityHead(embed_dim, head_self_attn, pool, dropout, num_heads)

@@ -23,6 +23,16 @@ on the 7x7 grid of 224 px inputs with L = 5, C = 256, at initialisation (Efficie
 weights, 8 CLIVE photos, MiniLM texts) the non-zero entries of G G^T have std 0.22 (mean 0.17,
 max 1.5) against 0.31 for Q K^T / sqrt(d_k). tests/test_mhf_rsa.py keeps the ratio within 10x.
 
+``norm`` picks the scale of B. ``"none"`` is eq. (8) as written, and with a softmax over the cells of
+region i each a_i(p) is about 1/n_i (n_i = the region's cells), so B shrinks like 1/n_i^2 as the
+grid grows: on CLIVE at 500 px (16x16 grid, C = 64, regions of ~19 cells) the trained bias had std
+0.006 against 0.35 for the logits, and removing it changed no prediction (docs/results/clive.md).
+``"region"`` makes B independent of the grid: a_i is taken relative to uniform attention over the
+region (n_i a_i, so uniform attention gives G_i = M_i V, the masked features themselves) and the
+channel sum of G_i G_i^T is divided by sqrt(C), as eq. (9) divides QK^T by sqrt(d_k):
+B = lambda / sqrt(C) * sum_i (n_i G_i)(n_i G_i)^T. Trained that way on CLIVE: bias std 1.56 against
+0.34 for the logits, and the bias moves the attention rows by a total variation of 0.35 on average.
+
 ``hard_mask=True`` also forbids attention between tokens of different regions (hard membership
 = the region with the largest area in the cell); each token may always attend to itself.
 """
@@ -38,6 +48,7 @@ from .mhf import Attention, additive_mask
 from .text import text_projection
 
 LAMBDA_INIT = 1.0
+RSA_NORMS = ("none", "region")
 
 
 def check_label_map(label_map: Tensor, num_regions: int) -> None:
@@ -101,10 +112,13 @@ class RegionSemanticAttention(nn.Module):
     """
 
     def __init__(self, dim: int, text_dim: int | None, num_heads: int, hard_mask: bool = False,
-                 num_regions: int | None = None) -> None:
+                 num_regions: int | None = None, norm: str = "none") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if norm not in RSA_NORMS:
+            raise ValueError(f"RSA norm must be one of {RSA_NORMS}, got {norm!r}")
+        self.bias_norm = norm
         self.num_heads = num_heads
         self.hard_mask = hard_mask
         if text_dim is not None:
@@ -123,6 +137,10 @@ class RegionSemanticAttention(nn.Module):
     def lam(self) -> Tensor:
         return self.log_lambda.exp()
 
+    def bias_coefficient(self, dim: int) -> Tensor:
+        """The factor in front of sum_i G_i G_i^T: lambda, or lambda / sqrt(C) for ``norm="region"``."""
+        return self.lam / math.sqrt(dim) if self.bias_norm == "region" else self.lam
+
     def region_queries_for(self, text: Tensor | None, batch: int) -> Tensor:
         """e_i: projected text embeddings [B, L, C_t] -> [B, L, C], or the learned queries."""
         if text is not None:
@@ -136,7 +154,8 @@ class RegionSemanticAttention(nn.Module):
 
         The logits of region i are e_i . W_k(M_i(p) X(p)) = M_i(p) (e_i . W_k X(p)): one product of
         the L queries with the N keys, scaled by the masks. ``valid`` [B, L] bool; a region
-        without any cell on the grid counts as invalid.
+        without any cell on the grid counts as invalid. With ``norm="region"`` a_i is multiplied
+        by the region's cell count (attention relative to uniform).
         """
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
@@ -149,6 +168,8 @@ class RegionSemanticAttention(nn.Module):
         valid = valid & support.any(-1)
         allowed = support | ~valid[..., None]  # invalid rows: any finite softmax, zeroed below
         attn = logits.masked_fill(~allowed[:, :, None, :], float("-inf")).softmax(-1)  # a_i(p): [B,L,h,N]
+        if self.bias_norm == "region":
+            attn = attn * support.sum(-1, dtype=attn.dtype)[:, :, None, None]
         coef = attn * masks[:, :, None, :] * valid[:, :, None, None].to(attn.dtype)
         return coef, values
 
@@ -161,7 +182,7 @@ class RegionSemanticAttention(nn.Module):
     def region_bias(self, x: Tensor, masks: Tensor, valid: Tensor, text: Tensor | None = None) -> Tensor:
         """Eq. (8) bias B [B, N, N] (cross-region -inf added when ``hard_mask``)."""
         coef, values = self.region_coefficients(x, masks, valid, text)
-        bias = factorised_rsa_bias(coef, values.float(), self.lam)
+        bias = factorised_rsa_bias(coef, values.float(), self.bias_coefficient(x.shape[-1]))
         return bias + cross_region_mask(masks) if self.hard_mask else bias
 
     def forward(self, x: Tensor, masks: Tensor, valid: Tensor, text: Tensor | None = None,
