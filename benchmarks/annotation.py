@@ -30,7 +30,6 @@ import argparse
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -141,24 +140,11 @@ def cpu_part(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- SAM part
-def tiny_sam() -> torch.nn.Module:
-    """A small random SAM (256 px input, 2 encoder blocks) that exercises the same code on a CPU."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    dim, size = 32, 256
-    return Sam(
-        image_encoder=ImageEncoderViT(img_size=size, patch_size=16, embed_dim=dim, depth=2, num_heads=2,
-                                      out_chans=dim, window_size=4, global_attn_indexes=(1,), use_rel_pos=True,
-                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // 16, size // 16),
-                                     input_image_size=(size, size), mask_in_chans=4),
-        mask_decoder=MaskDecoder(transformer_dim=dim, num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=32,
-                                 transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2)))
-
-
 def build_sam(name: str) -> torch.nn.Module:
     """A SAM with random weights (no checkpoint is loaded)."""
     from segment_anything import sam_model_registry
+
+    from annotate.segment.sam import tiny_sam
 
     torch.manual_seed(0)
     return tiny_sam() if name == "tiny" else sam_model_registry[name]()

@@ -183,11 +183,7 @@ def test_bias_starts_on_the_scale_of_the_logits() -> None:
     text = torch.nn.functional.normalize(torch.randn(4, 5, 384), dim=-1)
     with torch.no_grad():
         bias = rsa.region_bias(x, masks, torch.ones(4, 5, dtype=torch.bool), text)
-        attn = rsa.attn
-        xn = attn.norm_q(x)
-        q = attn.split_heads(attn.q(xn))
-        k = attn.split_heads(attn.kv(xn).chunk(2, dim=-1)[0])
-        logits = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        logits = rsa.attn.logits(x)
     ratio = bias[bias != 0].std() / logits.std()
     assert 0.1 < ratio < 10
 

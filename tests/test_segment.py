@@ -1,7 +1,6 @@
 """Segmenters of the annotation stage: eq. (5) post-process, classical stand-in, SAM path."""
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +8,10 @@ import pytest
 import torch
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from annotate.segment import build_segmenter
 from annotate.segment.postprocess import postprocess, resize_segmentation
-from annotate.segment.sam import SamSegmenter, load_sam
+from annotate.segment.sam import SamSegmenter, load_sam, tiny_sam
 from annotate.types import Segmentation
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -135,21 +133,6 @@ def test_build_segmenter_rejects_unknown_names_and_options():
 
 
 # --------------------------------------------------------------------------- SAM
-def tiny_sam(seed: int = 0) -> Sam:
-    """A randomly initialised SAM small enough for CPU tests (img_size 256, 2 encoder blocks)."""
-    torch.manual_seed(seed)
-    dim, size = 32, 256
-    return Sam(
-        image_encoder=ImageEncoderViT(img_size=size, patch_size=16, embed_dim=dim, depth=2, num_heads=2,
-                                      out_chans=dim, window_size=4, global_attn_indexes=(1,), use_rel_pos=True,
-                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // 16, size // 16),
-                                     input_image_size=(size, size), mask_in_chans=4),
-        mask_decoder=MaskDecoder(transformer_dim=dim, num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=32,
-                                 transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2)),
-    ).eval()
-
-
 # thresholds at 0 and NMS off so that the random model's masks survive
 SAM_OPTIONS = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, device="cpu")
 

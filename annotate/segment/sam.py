@@ -14,13 +14,14 @@ embedding, so images are then encoded one by one by the generator itself.
 from __future__ import annotations
 
 import importlib.metadata
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
-from segment_anything.modeling import Sam
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.amg import rle_to_mask
 from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -35,6 +36,22 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def tiny_sam(seed: int = 0) -> Sam:
+    """A small random-init SAM (256 px input, 2 encoder blocks, width 32) for CPU tests and benchmarks:
+    the same code paths as ``vit_b``/``vit_l``/``vit_h`` without a checkpoint."""
+    torch.manual_seed(seed)
+    dim, size = 32, 256
+    return Sam(
+        image_encoder=ImageEncoderViT(img_size=size, patch_size=16, embed_dim=dim, depth=2, num_heads=2,
+                                      out_chans=dim, window_size=4, global_attn_indexes=(1,), use_rel_pos=True,
+                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // 16, size // 16),
+                                     input_image_size=(size, size), mask_in_chans=4),
+        mask_decoder=MaskDecoder(transformer_dim=dim, num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=32,
+                                 transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2)),
+    ).eval()
 
 
 def load_sam(checkpoint: str | Path, model_type: str = "vit_b", device: str | torch.device = "cpu") -> Sam:

@@ -46,21 +46,12 @@ def bias_removed(rsa: RegionSemanticAttention) -> Iterator[None]:
         rsa.log_lambda.data.copy_(saved)
 
 
-def attention_logits(rsa: RegionSemanticAttention, x: Tensor) -> Tensor:
-    """QK^T / sqrt(d_k) of eq. (9) [B, heads, N, N] for the RSA input tokens ``x``."""
-    attn = rsa.attn
-    xn = attn.norm_q(x)
-    q = attn.split_heads(attn.q(xn))
-    k = attn.split_heads(attn.kv(xn).chunk(2, dim=-1)[0])
-    return q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
-
-
 def bias_statistics(rsa: RegionSemanticAttention, inputs: Sequence[Any]) -> dict[str, float]:
     """Scale of B against the logits, and how far B moves the attention rows, for one batch of
     RSA inputs (tokens, masks, validity, text)."""
     x, masks, valid, text = inputs[:4]
     bias = rsa.region_bias(x, masks, valid, text)
-    logits = attention_logits(rsa, x)
+    logits = rsa.attn.logits(x)
     nonzero = bias[bias != 0]
     moved = 0.5 * ((logits + bias[:, None]).softmax(-1) - logits.softmax(-1)).abs().sum(-1).mean()
     return {"bias_std": float(nonzero.std()) if nonzero.numel() > 1 else 0.0,

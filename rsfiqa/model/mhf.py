@@ -47,8 +47,8 @@ class Attention(nn.Module):
         """[B, N, dim] -> [B, heads, N, dim/heads]."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, bias: Tensor | None = None,
-                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised and projected Q, K, V, each [B, heads, N, dim/heads]."""
         xq = self.norm_q(x)
         if context is None:
             context = xq
@@ -56,12 +56,26 @@ class Attention(nn.Module):
             raise ValueError("this Attention was built for self-attention (kv_dim=None); pass kv_dim for a context")
         else:
             context = self.norm_kv(context)
-        q = self.split_heads(self.q(xq))
         k, v = (self.split_heads(t) for t in self.kv(context).chunk(2, dim=-1))
+        return self.split_heads(self.q(xq)), k, v
+
+    @staticmethod
+    def scaled_logits(q: Tensor, k: Tensor) -> Tensor:
+        """Q K^T / sqrt(d_k) [B, heads, Nq, Nk]."""
+        return q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+
+    def logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The attention logits Q K^T / sqrt(d_k) of ``forward(x, context)``, before any bias."""
+        q, k, _ = self.project(x, context)
+        return self.scaled_logits(q, k)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, bias: Tensor | None = None,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        q, k, v = self.project(x, context)
         if bias is not None:
             bias = bias.to(q.dtype)  # SDPA wants a float mask in the query's dtype (bf16 autocast)
         if return_weights:
-            logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+            logits = self.scaled_logits(q, k)
             weights = (logits if bias is None else logits + bias).float().softmax(-1).to(v.dtype)
             mixed = weights @ v
         else:
