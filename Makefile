@@ -15,7 +15,7 @@ PART ?= 0/1
 # extra `key=value` config overrides for annotate, e.g. ARGS='segmenter.checkpoint=/ckpt/sam_vit_h.pth'
 ARGS ?=
 
-.PHONY: install test demo annotate bench clean
+.PHONY: install test test-fast demo annotate bench clean
 
 install: $(STAMP)
 
@@ -26,7 +26,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
+
+# the edit-test loop: import contracts and every test not marked slow
+test-fast: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(BIN)/python -m demo

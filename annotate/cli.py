@@ -19,8 +19,8 @@ from annotate.config import AnnotateError, load_config
 from annotate.datasets import DatasetError
 from annotate.describe.backends import MissingExtraError
 from annotate.pipeline import annotate, parse_part
-from rsfiqa.contract import ContractError
-from rsfiqa.imageio import ImageError
+from rsfiqa_core.contract import ContractError
+from rsfiqa_core.imageio import ImageError
 
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (AnnotateError, DatasetError, MissingExtraError, ContractError, ImageError,

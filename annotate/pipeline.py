@@ -8,7 +8,7 @@
    (``ordered[i::N]``), so N processes, one GPU each, can fill ONE output directory;
 3. samples whose key is in a completed shard (any part) are skipped: a rerun only does what is
    missing (writer.py describes the resume rules);
-4. images load through ``rsfiqa.imageio.load_rgb``; an unreadable image is recorded as skipped
+4. images load through ``rsfiqa_core.imageio.load_rgb``; an unreadable image is recorded as skipped
    with its reason and the run goes on; how the file was read (Pillow mode, frame count) is kept
    in the record's ``image_info``, and an animated image (first frame used) also in the summary's
    ``notes``;
@@ -37,26 +37,32 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from annotate.api import Annotation, Annotator, Failure, Monitor
 from annotate.config import AnnotateError, ConfigError, section
 from annotate.datasets import get_adapter
 from annotate.describe import build_describer
 from annotate.segment import build_segmenter
-from annotate.segment.postprocess import downscale, resize_segmentation
-from annotate.types import Describer, Sample, Segmentation, Segmenter, Skipped
-from annotate.writer import (PartShardWriter, claim_settings, discard_outputs, part_lock, part_prefix,
-                             rebuild_index, scan_shards, summary_path)
-from rsfiqa.contract import (CONTRACT_VERSION, clip_token_count, empty_region, encode_sample, make_record,
-                             region_text, sample_key)
-from rsfiqa.imageio import ImageError, load_rgb
+from annotate.types import Sample, Skipped
+from annotate.writer import (
+    PartShardWriter,
+    claim_settings,
+    discard_outputs,
+    part_lock,
+    part_prefix,
+    rebuild_index,
+    scan_shards,
+    summary_path,
+)
+from rsfiqa_core.contract import CONTRACT_VERSION, clip_token_count, encode_sample, make_record, sample_key
+from rsfiqa_core.imageio import ImageError, load_rgb
 
 T = TypeVar("T")
-R = TypeVar("R")
 STAGES = ("load", "segment", "describe", "write")
 MAX_FAILURES_IN_A_ROW = 10  # images failing in segmenter/describer one after another: stop the run
 # Installed packages whose version can change the bytes of a shard (recorded, and part of the
@@ -182,9 +188,9 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def annotator_info(segmenter: Segmenter, describer: Describer, cfg: DictConfig) -> dict[str, Any]:
-    """The record's ``annotator`` entry: component settings, image handling, versions."""
-    return {"segmenter": segmenter.settings(), "describer": describer.settings(), "image": section(cfg, "image"),
+def annotator_info(annotator: Annotator, cfg: DictConfig) -> dict[str, Any]:
+    """The record's ``annotator`` entry: component records, image handling, versions."""
+    return {**annotator.record(), "image": section(cfg, "image"),
             "versions": {"contract": CONTRACT_VERSION, **package_versions()}}
 
 
@@ -199,9 +205,8 @@ class LoadedImage(NamedTuple):
     key: str
     sample: Sample
     data: bytes                   # the file's original bytes (stored unchanged)
-    full_shape: tuple[int, int]   # (H, W) of the upright image: the label map's size in the shard
-    rgb: np.ndarray               # the image segmented and described (downscaled when configured)
-    info: dict[str, Any]          # how the file was read: Pillow mode, frame count (rsfiqa.imageio)
+    rgb: np.ndarray               # the upright image (its size is the label map's in the shard)
+    info: dict[str, Any]          # how the file was read: Pillow mode, frame count (rsfiqa_core.imageio)
 
 
 def load_images(batch: Sequence[tuple[str, Sample]], cfg: DictConfig, summary: Summary) -> list[LoadedImage]:
@@ -216,8 +221,7 @@ def load_images(batch: Sequence[tuple[str, Sample]], cfg: DictConfig, summary: S
             continue
         if info["frames"] > 1:
             summary.notes.append({"item": sample.image_name, "note": "animated image: first frame used"})
-        loaded.append(LoadedImage(key, sample, data, rgb.shape[:2], downscale(rgb, cfg.image.downscale_long_side),
-                                  {"mode": info["mode"], "frames": info["frames"]}))
+        loaded.append(LoadedImage(key, sample, data, rgb, {"mode": info["mode"], "frames": info["frames"]}))
     return loaded
 
 
@@ -239,49 +243,14 @@ class FailureGuard:
                                 f"shards are kept)") from error
 
 
-def run_stage(stage: str, fn: Callable[[list[LoadedImage]], list[R]], images: list[LoadedImage],
-              summary: Summary, guard: FailureGuard) -> list[tuple[LoadedImage, R]]:
-    """``fn`` over the batch, one result per image; when it raises, image by image: an image that
-    fails alone is recorded in ``summary.skipped`` (stage + exception) and left out."""
-    try:
-        results = list(zip(images, fn(images), strict=True))
-    except Exception:  # noqa: BLE001 -- redone image by image below, where each failure is recorded
-        results = []
-        for image in images:
-            try:
-                results.append((image, fn([image])[0]))
-            except Exception as err:  # noqa: BLE001 -- recorded as this image's skip; the run goes on
-                summary.skipped.append({"item": image.sample.image_name, "stage": stage,
-                                        "reason": f"{stage} failed ({type(err).__name__}: {err})"})
-                guard.failed(stage, image.sample.image_name, err)
-    if results:
-        guard.passed()
-    return results
-
-
-def segment_images(segmenter: Segmenter, images: Sequence[np.ndarray]) -> list[Segmentation]:
-    """Segment a batch, through ``segment_batch`` where the segmenter has one."""
-    batch_fn = getattr(segmenter, "segment_batch", None)
-    return list(batch_fn(images)) if batch_fn else [segmenter.segment(im) for im in images]
-
-
-def region_records(seg: Segmentation, descriptions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Contract region entries: geometry from the segmentation, description + text from the describer."""
-    return [{**empty_region(r, area, score, valid), **desc, "text": region_text(desc)}
-            for r, (valid, area, score, desc)
-            in enumerate(zip(seg.valid, seg.area, seg.seg_score, descriptions, strict=True))]
-
-
-def build_sample(image: LoadedImage, seg: Segmentation, descriptions: Sequence[Mapping[str, Any]],
-                 annotator: Mapping[str, Any]) -> dict[str, bytes]:
-    """The encoded webdataset sample; the label map is brought back to the original resolution."""
+def build_sample(image: LoadedImage, annotation: Annotation, annotator: Mapping[str, Any]) -> dict[str, bytes]:
+    """The encoded webdataset sample."""
     sample = image.sample
-    seg = resize_segmentation(seg, image.full_shape)
     record = make_record(dataset=sample.dataset, image=sample.image_name, mos=sample.mos,
                          mos_range=sample.mos_range, higher_better=sample.higher_better, ref=sample.ref,
-                         splits=sample.splits, regions=region_records(seg, descriptions), annotator=annotator,
+                         splits=sample.splits, regions=annotation.regions, annotator=annotator,
                          image_info=image.info, **sample.extra)
-    return encode_sample(image.key, image.data, sample.image_name, seg.label_map, record)
+    return encode_sample(image.key, image.data, sample.image_name, annotation.label_map, record)
 
 
 def count_missing(descriptions: Sequence[Mapping[str, Any]], summary: Summary) -> None:
@@ -292,25 +261,36 @@ def count_missing(descriptions: Sequence[Mapping[str, Any]], summary: Summary) -
             summary.missing_descriptions[reason] = summary.missing_descriptions.get(reason, 0) + 1
 
 
-def annotate_batch(batch: Sequence[tuple[str, Sample]], segmenter: Segmenter, describer: Describer,
-                   writer: PartShardWriter, annotator: Mapping[str, Any], cfg: DictConfig,
-                   clock: StageClock, guard: FailureGuard) -> None:
+class PipelineMonitor(Monitor):
+    """The annotation run's hooks: stage clocks, skips recorded in the summary, the failure guard."""
+
+    def __init__(self, images: Sequence[LoadedImage], clock: StageClock, guard: FailureGuard) -> None:
+        self.images, self.clock, self.guard = images, clock, guard
+
+    def stage(self, name: str, images: int) -> ContextManager[None]:
+        return self.clock.stage(name, images)
+
+    def failed(self, index: int, failure: Failure) -> None:
+        item = self.images[index].sample.image_name
+        self.clock.summary.skipped.append({"item": item, "stage": failure.stage, "reason": failure.reason})
+        self.guard.failed(failure.stage, item, failure.error)
+
+    def passed(self) -> None:
+        self.guard.passed()
+
+
+def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator, writer: PartShardWriter,
+                   record: Mapping[str, Any], cfg: DictConfig, clock: StageClock, guard: FailureGuard) -> None:
     """Load, segment, describe and write one batch of samples."""
     summary = clock.summary
     with clock.stage("load", len(batch)):
         loaded = load_images(batch, cfg, summary)
-    with clock.stage("segment", len(loaded)):
-        segmented = run_stage("segment", lambda items: segment_images(segmenter, [i.rgb for i in items]),
-                              loaded, summary, guard)
-    segs = {image.key: seg for image, seg in segmented}
-    with clock.stage("describe", len(segmented)):
-        described = run_stage("describe", lambda items: describer.describe([i.rgb for i in items],
-                                                                           [segs[i.key] for i in items]),
-                              [image for image, _ in segmented], summary, guard)
-    with clock.stage("write", len(described)):
-        for image, desc in described:
-            count_missing(desc, summary)
-            writer.write(build_sample(image, segs[image.key], desc, annotator))
+    results = annotator.annotate([image.rgb for image in loaded], PipelineMonitor(loaded, clock, guard))
+    done = [(image, result) for image, result in zip(loaded, results) if isinstance(result, Annotation)]
+    with clock.stage("write", len(done)):
+        for image, annotation in done:
+            count_missing(annotation.regions, summary)
+            writer.write(build_sample(image, annotation, record))
             summary.written += 1
 
 
@@ -328,13 +308,14 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
 
     segmenter = built("segmenter", build_segmenter, {**section(cfg, "segmenter"), "num_regions": cfg.num_regions})
     describer = built("describer", build_describer, section(cfg, "describer"))
-    annotator = annotator_info(segmenter, describer, cfg)
+    annotator = Annotator(segmenter, describer, cfg.image.downscale_long_side)
+    record = annotator_info(annotator, cfg)
     clip_token_count("")  # loads region_text's tokenizer (imports open_clip) before the stage clocks run
 
     out.mkdir(parents=True, exist_ok=True)
     if force_new:
         discard_outputs(out)
-    claim_settings(out, settings_fingerprint(name, cfg, annotator))
+    claim_settings(out, settings_fingerprint(name, cfg, record))
 
     prefix = part_prefix(name, *part)
     summary = Summary(dataset=name, part=f"{part[0]}/{part[1]}", out=str(out), selected=len(selected))
@@ -350,11 +331,11 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
         with writer, tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start:start + cfg.batch_size]
-                annotate_batch(batch, segmenter, describer, writer, annotator, cfg, clock, guard)
+                annotate_batch(batch, annotator, writer, record, cfg, clock, guard)
                 bar.update(len(batch))
                 bar.set_postfix_str(clock.rates(), refresh=False)
         summary.shards_written = [p.name for p in writer.completed]
-        shards = rebuild_index(out, name, annotator)
+        shards = rebuild_index(out, name, record)
     summary.index_count = sum(len(keys) for keys in shards.values())
     summary.wall_seconds = time.perf_counter() - t_start
     path = summary_path(out, name, *part)

@@ -1,11 +1,9 @@
-"""Plain data passed between the annotation stages: adapter -> segmenter -> describer -> writer."""
+"""What dataset adapters hand to the annotation pipeline."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
-
-import numpy as np
+from typing import Any
 
 
 @dataclass
@@ -29,37 +27,3 @@ class Skipped:
 
     item: str
     reason: str
-
-
-@dataclass
-class Segmentation:
-    """Paper eq. 5 output: L non-overlapping regions as one label map."""
-
-    label_map: np.ndarray        # uint8 HxW, values 0..L-1; region L-1 is the background
-    valid: list[bool]            # per region: non-empty
-    area: list[float]            # per region: fraction of the image
-    seg_score: list[float | None]  # per region: the mask's ranking score (None for background)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-class Segmenter(Protocol):
-    """Splits an RGB uint8 HxWx3 image into ``num_regions`` regions (deterministic)."""
-
-    num_regions: int
-
-    def segment(self, image: np.ndarray) -> Segmentation: ...
-
-    def settings(self) -> dict[str, Any]: ...
-
-
-class Describer(Protocol):
-    """Describes every region of a batch of images: content + level/score per dimension.
-
-    Returns, per image, L region dicts with keys ``content`` (str|None), ``levels``
-    ({dim: level word}|None), ``scores`` ({dim: float 1..5}|None), optionally
-    ``parsed_scores`` ({dim: float}) and ``missing_reason`` (str) when a description is None.
-    """
-
-    def describe(self, images: Sequence[np.ndarray], segs: Sequence[Segmentation]) -> list[list[dict[str, Any]]]: ...
-
-    def settings(self) -> dict[str, Any]: ...

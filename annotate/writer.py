@@ -1,4 +1,4 @@
-"""Resumable, byte-deterministic webdataset shard writing (DESIGN.md, "Shards").
+"""Resumable, byte-deterministic webdataset shard writing (docs/DESIGN.md, "Shards").
 
 One output directory holds one dataset, written by any number of parts (``--part i/N``)::
 
@@ -22,7 +22,7 @@ files actually present, so parts finishing at the same time cannot corrupt it.
 
 Determinism: tar members carry a fixed mtime, uid/gid, user/group names and mode
 (webdataset's ``TarWriter`` arguments) and the JSON is written with sorted keys
-(``rsfiqa.contract.encode_sample``), so the same inputs give byte-identical shards.
+(``rsfiqa_core.contract.encode_sample``), so the same inputs give byte-identical shards.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import fcntl
 import json
 import os
 import re
-import tarfile
 from collections import Counter
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -39,17 +38,14 @@ from typing import Any, BinaryIO, Iterator, Mapping
 from webdataset import TarWriter
 
 from annotate.config import AnnotateError
-from rsfiqa.contract import INDEX_NAME, write_index
+from rsfiqa_core.contract import INDEX_NAME, ShardError, write_index
+from rsfiqa_core.tars import tar_members
 
 FINGERPRINT_NAME = "annotation.json"
 TMP_SUFFIX = ".tmp"
 TAR_MTIME = 0.0
 TAR_OWNER = "rsfiqa"
 SHARD_RE = re.compile(r"^(?P<prefix>.+-p\d+of\d+)-(?P<seq>\d{6})\.tar$")
-
-
-class ShardError(AnnotateError):
-    """A shard directory that cannot be resumed or indexed safely."""
 
 
 class SettingsMismatch(AnnotateError):
@@ -76,13 +72,11 @@ def shard_keys(path: Path) -> list[str]:
     """Sample keys of one shard in order (member names are ``<key>.<ext>``, keys contain no dot)."""
     keys: list[str] = []
     try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                key = member.name.split(".", 1)[0]
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-    except (tarfile.TarError, OSError) as e:
-        raise ShardError(f"{path}: unreadable shard ({e}); delete it to have its samples redone") from e
+        for key, _, _ in tar_members(str(path)):
+            if not keys or keys[-1] != key:
+                keys.append(key)
+    except ShardError as e:
+        raise ShardError(f"{e}; delete it to have its samples redone") from e
     return keys
 
 
@@ -188,7 +182,7 @@ def rebuild_index(out_dir: Path, dataset: str, annotator: Mapping[str, Any]) -> 
 class PartShardWriter:
     """Writes one part's samples into ``<prefix>-<seq>.tar`` shards, each renamed when complete.
 
-    ``write`` takes a sample dict of bytes (``rsfiqa.contract.encode_sample``). Leaving the
+    ``write`` takes a sample dict of bytes (``rsfiqa_core.contract.encode_sample``). Leaving the
     ``with`` block normally completes the last shard; leaving it through an exception deletes the
     unfinished shard (its samples are redone on the next run).
     """

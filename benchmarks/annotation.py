@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import benchutil
+from rsfiqa_core.device import resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data" / "clive-dev"
@@ -152,7 +153,7 @@ def build_sam(name: str) -> torch.nn.Module:
 
 def sam_photos(root: str, count: int) -> tuple[list[np.ndarray], str]:
     """Real photos from ``root/images`` when there, else synthetic ones (said in the output)."""
-    from rsfiqa.imageio import load_rgb
+    from rsfiqa_core.imageio import load_rgb
 
     folder = Path(root) / "images"
     if folder.is_dir():
@@ -242,7 +243,7 @@ def sam_part(args: argparse.Namespace, device: torch.device) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = benchutil.resolve_device(args.device)
+    device = resolve_device(args.device)
     benchutil.configure_backends(device)
     if not args.sam_only:
         cpu_part(args)

@@ -1,6 +1,6 @@
 """Shared pieces of the speed benchmarks: device naming, side-by-side timing, synthetic RSFIQA inputs.
 
-Imports only torch, the standard library and :mod:`rsfiqa.model` / :mod:`rsfiqa.contract` (numpy +
+Imports only torch, the standard library and :mod:`rsfiqa.model` / :mod:`rsfiqa_core.contract` (numpy +
 PIL), so the GPU benchmarks run where webdataset, omegaconf and jsonargparse are not installed.
 
 Timing rule of every benchmark: the compared variants are measured *interleaved* in one process
@@ -22,19 +22,11 @@ from typing import Callable, ContextManager, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from rsfiqa.contract import DIMENSIONS, LEVELS, region_text
+from rsfiqa_core.contract import DIMENSIONS, LEVELS, region_text
 
 TRANSFORMER_PREFIXES = ("swin", "vit", "deit", "beit", "eva")  # timm models that take ``img_size``
 CONTENTS = ("large dark green textured region in the lower left", "small bright red smooth region in the centre",
             "medium grey flat region along the top", "the background")
-
-
-# --------------------------------------------------------------------------- device
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> the first GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def cpu_model() -> str:

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 import benchutil
+from rsfiqa_core.device import resolve_device
 from rsfiqa.model import RSFIQANet
 
 REGION_COUNTS = (3, 4, 5, 6)
@@ -90,7 +91,7 @@ def measure_L(num_regions: int, bare: RSFIQANet, args: argparse.Namespace, devic
 def run(args: argparse.Namespace) -> dict[int, dict[str, float]]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = benchutil.resolve_device(args.device)
+    device = resolve_device(args.device)
     benchutil.configure_backends(device)
     steps, batch_steps, warmup = ((min(args.steps, 3), min(args.batch_steps, 2), min(args.warmup, 1))
                                   if args.quick else (args.steps, args.batch_steps, args.warmup))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import benchutil
+from rsfiqa_core.device import resolve_device
 from rsfiqa.model import RSFIQANet
 
 NUM_REGIONS = 5
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     "best_ms": fastest step, "best_ratio": fastest vs fastest bare}."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = benchutil.resolve_device(args.device)
+    device = resolve_device(args.device)
     benchutil.configure_backends(device)
     steps, warmup = (min(args.steps, 3), min(args.warmup, 1)) if args.quick else (args.steps, args.warmup)
     variants, batch, size = build_variants(args)

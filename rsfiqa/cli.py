@@ -28,17 +28,17 @@ from typing import Any, Callable
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from rsfiqa.callbacks import PredictionWriter
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.eval.callbacks import TestReport, TrainingCurves
 from rsfiqa.module import RSFIQAModule
+from rsfiqa.predictions import PredictionWriter
 
 # name -> ("module:function" called with the remaining arguments, one-line description)
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("rsfiqa.score:main", "Score images or a folder of images with a trained checkpoint."),
-    "splits": ("rsfiqa.eval.splits:main", "Train and test over the 10 random splits; report mean and std."),
-    "ablate": ("rsfiqa.eval.ablate:main", "Run the paper's ablation configs (Tables 3-6) and tabulate them."),
-    "probe": ("rsfiqa.eval.rsa_probe:main", "RSA diagnostics of a trained split: bias scale, test SRCC without "
+    "score": ("rsfiqa.inference.score_cli:main", "Score images or a folder of images with a trained checkpoint."),
+    "splits": ("rsfiqa.experiments.splits:main", "Train and test over the 10 random splits; report mean and std."),
+    "ablate": ("rsfiqa.experiments.ablate:main", "Run the paper's ablation configs (Tables 3-6) and tabulate them."),
+    "probe": ("rsfiqa.experiments.rsa_probe:main", "RSA diagnostics of a trained split: bias scale, test SRCC without "
                                             "the bias or with other images' descriptions."),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

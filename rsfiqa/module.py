@@ -23,9 +23,9 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
-from rsfiqa import contract
 from rsfiqa.model.feature_cache import FeatureCache, TextCache
 from rsfiqa.model.net import RSFIQANet
+from rsfiqa_core import contract
 
 NET_ARGS = tuple(p for p in inspect.signature(RSFIQANet.__init__).parameters if p != "self")
 METRIC_NAMES = ("plcc", "srcc", "krcc", "rmse")

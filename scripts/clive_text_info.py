@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from rsfiqa.contract import DIMENSIONS, region_text
+from rsfiqa_core.contract import DIMENSIONS, region_text
 from rsfiqa.model.text import TextEncoder
 
 ALPHAS = np.logspace(-3, 4, 15)

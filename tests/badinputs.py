@@ -6,7 +6,7 @@ disk (or none), the label row it puts in ``labels.csv`` (or none) and what must 
 * ``outcome == "ok"``: the image is used; ``upright_hw`` is the (H, W) it must decode to
   (EXIF orientation applied) and ``check`` a property of the decoded RGB pixels;
 * ``outcome == "skip"``: the run goes on without it and records ``reason``: a label problem's
-  skip category (``annotate.datasets.base``), or a phrase of the :class:`rsfiqa.imageio.ImageError`
+  skip category (``annotate.datasets.base``), or a phrase of the :class:`rsfiqa_core.imageio.ImageError`
   message. :func:`reported_item` is the name the annotation summary reports it under.
 
 All images are tiny (at most 64 px) and generated in memory, so writing the corpus takes
@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from annotate.datasets.base import printable
+from rsfiqa_core.imageio import printable
 
 SIZE = (40, 56)  # (H, W) of the ordinary generated images
 MOS_RANGE = (0.0, 100.0)

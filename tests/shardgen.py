@@ -1,4 +1,4 @@
-"""Write small synthetic shard directories that follow the shard contract (rsfiqa/contract.py).
+"""Write small synthetic shard directories that follow the shard contract (rsfiqa_core/contract.py).
 
 Each image is a smooth gradient with L-1 coloured rectangles (regions 0..L-2) on a background
 (region L-1). Its quality is tied to its MOS: the normalised score ``q`` sets the amount of
@@ -19,7 +19,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image, ImageFilter
 
-from rsfiqa import contract
+from rsfiqa_core import contract
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200), "yellow": (220, 200, 40),
            "purple": (140, 50, 160), "cyan": (40, 190, 200), "orange": (230, 130, 30)}

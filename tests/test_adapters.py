@@ -15,13 +15,14 @@ import pytest
 import scipy.io
 
 from annotate.datasets import ADAPTERS, DatasetError, get_adapter
-from annotate.datasets.base import (DUPLICATE, INVALID_MOS, MALFORMED, MISSING_IMAGE, NO_LABEL, NOT_UTF8,
-                                    REFERENCE, TRAINING)
+from annotate.datasets.base import DUPLICATE, INVALID_MOS, MALFORMED, MISSING_IMAGE, NO_LABEL, NOT_UTF8, REFERENCE, TRAINING
 from annotate.datasets.csiq import FILE_TOKEN, parse_image_name
 from annotate.datasets.live import BLOCKS, live_image_names
 from annotate.datasets.splits import seeded_splits
-from rsfiqa.contract import make_record, normalise_mos
+from rsfiqa_core.contract import make_record, normalise_mos
 from tests.fixtures_datasets import CLIVE_DEV, LABELS, categories, place, touch, touch_bytes_name, write
+
+pytestmark = pytest.mark.shared  # reads ../shared
 
 KONIQ_SETS = LABELS / "KonIQ-10k" / "koniq10k_distributions_sets.csv"
 SPAQ_XLSX = LABELS / "SPAQ" / "MOS and Image attribute scores.xlsx"

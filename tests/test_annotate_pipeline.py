@@ -20,7 +20,9 @@ from annotate.config import ConfigError, load_config
 from annotate.pipeline import annotate, order_samples, parse_part, select_part
 from annotate.types import Sample
 from annotate.writer import SettingsMismatch, completed_shards
-from rsfiqa.contract import DIMENSIONS, decode_sample, read_index, sample_key
+from rsfiqa_core.contract import DIMENSIONS, decode_sample, read_index, sample_key
+
+pytestmark = pytest.mark.shared  # reads ../shared
 
 CLIVE_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clive-dev"
 N_IMAGES = 14

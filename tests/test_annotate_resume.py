@@ -15,14 +15,18 @@ import subprocess
 import sys
 import tarfile
 import time
+
+import pytest
 from pathlib import Path
 from typing import Callable
 
 from annotate.config import load_config
 from annotate.pipeline import annotate
 from annotate.writer import completed_shards, shard_keys
-from rsfiqa.contract import read_index, sample_key
+from rsfiqa_core.contract import read_index, sample_key
 from test_annotate_pipeline import make_tiny_dataset, tar_bytes
+
+pytestmark = pytest.mark.shared  # reads ../shared
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 24
@@ -50,6 +54,7 @@ def stored_keys(out: Path) -> list[str]:
     return keys
 
 
+@pytest.mark.slow
 def test_sigkilled_runs_resume_to_exactly_the_full_key_set(tmp_path):
     root, out = tmp_path / "data", tmp_path / "out"
     expected = {sample_key("csv", name) for name in make_tiny_dataset(root, N_IMAGES)}

@@ -1,5 +1,5 @@
 """The bad-input corpus (tests/badinputs.py) through every entry point that reads images or labels:
-``rsfiqa.imageio``, annotation (``annotate.pipeline.annotate`` and ``python -m annotate``'s
+``rsfiqa_core.imageio``, annotation (``annotate.pipeline.annotate`` and ``python -m annotate``'s
 ``main``), training data (``ShardDataModule`` over the shards annotated from the corpus) and
 ``rsfiqa score``. Each kind is either used (decoded upright to 8-bit RGB) or skipped with its
 documented reason in the run's summary / error output — never a crash, never a silent drop.
@@ -21,11 +21,12 @@ from PIL import Image
 import badinputs
 from annotate.cli import main as annotate_main
 from annotate.config import load_config
-from annotate.datasets.base import DUPLICATE, printable
+from annotate.datasets.base import DUPLICATE
+from rsfiqa_core.imageio import printable
 from annotate.pipeline import annotate
-from rsfiqa import cli, contract
+from rsfiqa import cli
 from rsfiqa.data.datamodule import ShardDataModule
-from rsfiqa.imageio import ImageError, decode_rgb, load_rgb
+from rsfiqa_core.imageio import ImageError, decode_rgb, load_rgb
 from test_annotate_pipeline import read_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def test_the_failure_table_lists_every_corpus_kind():
     assert len(KINDS) >= 20
 
 
-# --------------------------------------------------------------------------- rsfiqa.imageio
+# --------------------------------------------------------------------------- rsfiqa_core.imageio
 @pytest.mark.parametrize("kind", badinputs.image_kinds(), ids=lambda k: k.kind)
 def test_imageio_decodes_each_kind_upright_to_rgb_or_names_file_and_problem(kind, tmp_path):
     path = badinputs.write_file(tmp_path, kind.name, kind.data)
@@ -205,6 +206,7 @@ def run_score(folder: Path, checkpoint: Path, out: Path, capsys) -> tuple[int, d
     return code, rows, err
 
 
+@pytest.mark.slow
 def test_score_scores_the_usable_kinds_and_names_each_failure(corpus_checkpoint, tmp_path, capsys):
     kinds = badinputs.image_kinds()
     badinputs.write_images(tmp_path / "photos", kinds)
@@ -221,6 +223,7 @@ def test_score_scores_the_usable_kinds_and_names_each_failure(corpus_checkpoint,
             assert len(regions) == L and any(r["valid"] for r in regions), k.kind
 
 
+@pytest.mark.slow
 def test_score_survives_a_non_utf8_file_name(corpus_checkpoint, tmp_path, capsys):
     kind = BY_KIND["non_utf8_name"]
     badinputs.write_images(tmp_path / "photos", [kind, BY_KIND["grayscale"]])

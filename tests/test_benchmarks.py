@@ -20,6 +20,8 @@ import annotation  # noqa: E402
 import latency  # noqa: E402
 import train_step  # noqa: E402
 
+pytestmark = pytest.mark.shared  # reads ../shared
+
 TINY = ["--backbone", "test_efficientnet", "--image-size", "64", "--text", "minilm", "--device", "cpu",
         "--threads", "1"]
 

@@ -9,8 +9,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from rsfiqa import contract
-from rsfiqa.data.datamodule import SampleReader, ShardDataModule, ShardError, load_shard_set
+from rsfiqa_core import contract
+from rsfiqa.data.datamodule import ShardDataModule
+from rsfiqa.data.sample import SampleReader
+from rsfiqa.data.shards import load_shard_set
+from rsfiqa_core.contract import ShardError
 from shardgen import write_shards
 
 L = 5

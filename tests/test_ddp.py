@@ -8,10 +8,14 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 from pathlib import Path
 
-from rsfiqa.data.datamodule import load_shard_set
+from rsfiqa.data.shards import load_shard_set
 from shardgen import write_shards
+
+pytestmark = pytest.mark.slow  # end to end: DDP processes
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD, BATCH = 2, 2

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: the demo's steps
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK_PHOTOS = 12
 
@@ -86,16 +88,17 @@ def test_a_failing_step_stops_the_demo_naming_it(tmp_path, monkeypatch, capsys):
     """Two labelled photos, one of them missing: annotation writes one, and the demo stops there."""
     monkeypatch.syspath_prepend(str(REPO))
     import demo
+    from demo import run
 
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
-    rows = read_rows(demo.DATA / "labels.csv")[:2]
-    shutil.copy2(demo.DATA / "images" / rows[0]["image"], data / "images")
+    rows = read_rows(run.DATA / "labels.csv")[:2]
+    shutil.copy2(run.DATA / "images" / rows[0]["image"], data / "images")
     with open(data / "labels.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    monkeypatch.setattr(demo, "DATA", data)
+    monkeypatch.setattr(run, "DATA", data)
 
     assert demo.main(["--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err

@@ -15,11 +15,12 @@ from annotate.describe import build_describer
 from annotate.describe.backends import MissingExtraError
 from annotate.describe.measures import SCORE_BREAKPOINTS, score_from_measure
 from annotate.describe.parsing import parse_content, parse_level, parse_score, qalign_expectation, score_to_level
-from annotate.describe.prompts import (CONTENT_QUESTION, build_conversation, highlight_region, question,
-                                       question_kinds, with_answer_prefix)
+from annotate.describe.prompts import CONTENT_QUESTION, build_conversation, highlight_region, question, question_kinds, with_answer_prefix
 from annotate.segment import build_segmenter
 from annotate.segment.postprocess import postprocess
-from rsfiqa.contract import DIMENSIONS, LEVELS, region_text
+from rsfiqa_core.contract import DIMENSIONS, LEVELS, region_text
+
+pytestmark = pytest.mark.shared  # reads ../shared
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PHOTO = SHARED / "data" / "clive-dev" / "images" / "16.webp"  # a sharp, clean CLIVE photo
@@ -190,7 +191,7 @@ def test_measures_records_follow_the_contract(photo, photo_seg):
         assert r["content"].split()[0] in ("large", "medium", "small") and " in the " in r["content"]
         assert region_text(r, count_tokens=lambda t: len(t.split())).count(";") == len(DIMENSIONS) - 1
     assert "background area" in records[-1]["content"]
-    assert describer.settings()["score_breakpoints"]["blur"] == list(SCORE_BREAKPOINTS["blur"])
+    assert describer.provenance()["score_breakpoints"]["blur"] == list(SCORE_BREAKPOINTS["blur"])
 
 
 def test_measures_empty_regions_are_missing_with_a_reason():

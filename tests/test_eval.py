@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from rsfiqa import cli
-from rsfiqa.eval import ablate, report, rsa_probe, splits
+from rsfiqa.eval import report
+from rsfiqa.experiments import ablate, rsa_probe, splits
 from rsfiqa.eval.callbacks import TestReport, unique_names
 from conftest import TINY_MODEL
 from shardgen import write_shards
@@ -80,6 +81,7 @@ def best_ckpt(split_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- rsfiqa test
+@pytest.mark.slow
 def test_cross_dataset_test_reports_each_dataset_separately(setup, first_split, other_shards, tmp_path, capsys):
     run = cli.main(["test", "--config", setup.config, "--ckpt_path", best_ckpt(first_split / "seed0"),
                     "--data.test_shards", f"[{setup.shards}, {other_shards}]", "--test_report.out_dir", str(tmp_path)])
@@ -104,6 +106,7 @@ def test_cross_dataset_test_reports_each_dataset_separately(setup, first_split, 
     assert all(0.0 <= float(p["pred_mos"]) <= 100.0 for p in read_csv(tmp_path / "predictions_other.csv"))
 
 
+@pytest.mark.slow
 def test_testing_twice_gives_identical_numbers_on_one_device(setup, first_split, other_shards, tmp_path, capsys):
     args = ["test", "--config", setup.config, "--ckpt_path", best_ckpt(first_split / "seed0"),
             "--data.test_shards", f"[{other_shards}]", "--trainer.logger", "false"]
@@ -131,12 +134,14 @@ def test_unique_names_are_file_safe():
 
 
 # --------------------------------------------------------------------------- fit: curves
+@pytest.mark.slow
 def test_fit_writes_training_curves(first_split):
     curves = first_split / "seed0" / "logs" / "version_0" / "curves.png"
     assert curves.read_bytes()[:8] == PNG_MAGIC
 
 
 # --------------------------------------------------------------------------- split protocol
+@pytest.mark.slow
 def test_split_protocol_skips_finished_splits_and_resumes_a_crashed_one(setup, first_split, capsys):
     seed0_results = first_split / "seed0" / "results.csv"
     before = seed0_results.stat().st_mtime_ns
@@ -180,6 +185,7 @@ def test_splits_auto_prefers_official_then_seed_tags_in_numeric_order(tmp_path):
 
 
 # --------------------------------------------------------------------------- ablations
+@pytest.mark.slow
 def test_ablate_runs_each_config_over_the_splits_into_one_table(setup, tmp_path):
     no_text = tmp_path / "no_text.yaml"
     no_text.write_text("# without region text\nmodel:\n  use_text: false\n")
@@ -249,6 +255,7 @@ def test_read_results_names_a_bad_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- rsfiqa probe
+@pytest.mark.slow
 def test_probe_reproduces_the_split_test_score_and_reports_the_bias(first_split, capsys):
     result = cli.main(["probe", str(first_split / "seed0")])
     (row,) = read_csv(first_split / "seed0" / "results.csv")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsfiqa.model.mhf import MHF, Attention, PlainFusion
+from rsfiqa.model.attention import Attention
+from rsfiqa.model.mhf import MHF, PlainFusion
 from rsfiqa.model.rsa import RegionSemanticAttention, cross_region_mask, hard_membership, region_masks, rsa_bias
 
 torch.set_num_threads(1)  # the CI machine's cores are shared: one thread avoids oversubscription stalls

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                          Qwen2_5_VLProcessor)
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -20,7 +19,7 @@ from annotate.describe.mllm import covering_mask
 from annotate.describe.parsing import qalign_expectation
 from annotate.describe.prompts import build_conversation, question_kinds, with_answer_prefix
 from annotate.segment.postprocess import postprocess
-from rsfiqa.contract import DIMENSIONS, LEVELS
+from rsfiqa_core.contract import DIMENSIONS, LEVELS
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>", "<unk>"]
@@ -94,8 +93,11 @@ class Spy:
         self.logprob_calls.append(list(conversations))
         return self.backend.level_logprobs(conversations)
 
-    def settings(self):
-        return self.backend.settings()
+    def config(self):
+        return self.backend.config()
+
+    def provenance(self):
+        return self.backend.provenance()
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +126,7 @@ def hf_describer(model, processor, **options):
     return describer
 
 
+@pytest.mark.slow
 def test_hf_describer_runs_the_papers_turns_through_the_real_qwen_class(processor, images_and_segs):
     torch.set_num_threads(1)
     images, segs = images_and_segs
@@ -157,10 +160,11 @@ def test_hf_describer_runs_the_papers_turns_through_the_real_qwen_class(processo
         alone = spy.backend.level_logprobs(prefixed[k:k + 1])[0]
         assert all(abs(alone[w] - batched[k][w]) < 1e-4 for w in LEVELS)
         assert spy.backend.generate(questions[k:k + 1], 6) == [answers[k]]
-    settings = describer.settings()
+    settings = describer.provenance()
     assert settings["backend"]["backend"] == "hf" and settings["backend"]["level_token_ids"] is not None
 
 
+@pytest.mark.slow
 def test_malformed_answers_are_retried_then_missing_with_a_reason(processor, images_and_segs):
     images, segs = images_and_segs
     model = bias_towards(tiny_qwen(processor), processor, "the")   # answers "the the the ..."
@@ -178,6 +182,7 @@ def test_malformed_answers_are_retried_then_missing_with_a_reason(processor, ima
     assert record["score_source"] == {d: "qalign" for d in DIMENSIONS}  # the log-probs still give scores
 
 
+@pytest.mark.slow
 def test_level_logprobs_give_the_q_align_score_of_the_favoured_word(processor, images_and_segs):
     images, segs = images_and_segs
     model = bias_towards(tiny_qwen(processor), processor, "poor")

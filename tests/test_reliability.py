@@ -29,8 +29,11 @@ from annotate.segment import build_segmenter
 from annotate.segment.postprocess import postprocess
 from annotate.writer import completed_shards
 from conftest import NetworkBlocked
-from rsfiqa import cli, contract
-from rsfiqa.data.datamodule import ShardDataModule, ShardError, load_shard_set
+from rsfiqa import cli
+from rsfiqa_core import contract
+from rsfiqa.data.datamodule import ShardDataModule
+from rsfiqa.data.shards import load_shard_set
+from rsfiqa_core.contract import ShardError
 from test_annotate_pipeline import read_samples
 
 L = 5
@@ -101,6 +104,7 @@ def interrupted_and_straight(synth_shards, tiny_model_args, tmp_path_factory):
     return run_a, run_b, first
 
 
+@pytest.mark.slow
 def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_fit(interrupted_and_straight):
     """Same seed, CPU: validation metrics and weights agree to float rounding (tolerance 1e-5)."""
     run_a, run_b, _ = interrupted_and_straight
@@ -116,6 +120,7 @@ def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_fit(interrupted_
     assert worst < 1e-5, f"largest weight difference {worst}"
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_the_last_epoch(interrupted_and_straight):
     _, _, first_run = interrupted_and_straight
     last = torch.load(first_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -197,7 +202,10 @@ class ScriptedBackend:
         result = self.logprobs(self.logprob_calls)
         return [result] * len(conversations)
 
-    def settings(self):
+    def config(self):
+        return {}
+
+    def provenance(self):
         return {"backend": "scripted"}
 
 
@@ -289,8 +297,13 @@ class FailingSegmenter:
             raise RuntimeError(f"cannot segment a {image.shape[1]}x{image.shape[0]} image")
         return self.inner.segment(image)
 
-    def settings(self):
-        return self.inner.settings()
+    name, uses_device = "classical", False
+
+    def config(self):
+        return self.inner.config()
+
+    def provenance(self):
+        return self.inner.provenance()
 
 
 OVERRIDES = ["shards.maxcount=3", "batch_size=4", "dataset.mos_range=[0,100]"]

@@ -22,14 +22,20 @@ from PIL import Image
 
 from annotate.describe import build_describer
 from annotate.segment import build_segmenter
-from rsfiqa import Scorer, cli, contract
-from rsfiqa.data.datamodule import TEXT_PARTS, SampleReader
-from rsfiqa.heatmap import quality_overlay
-from rsfiqa.imageio import decode_rgb
+from rsfiqa import Scorer, cli
+from rsfiqa_core import contract
+from rsfiqa.data.datamodule import TEXT_PARTS
+from rsfiqa.data.sample import SampleReader
+from rsfiqa.inference.heatmap import quality_overlay
+from rsfiqa_core.imageio import decode_rgb
 from rsfiqa.model.text import FROM_CHECKPOINT, TextEncoder
-from rsfiqa.score import expand_paths
-from rsfiqa.scorer import ScoringSetupError, annotator_config
+from rsfiqa.inference.score_cli import expand_paths
+from annotate.describe import DESCRIBERS
+from annotate.registry import component_record, recorded_config
+from rsfiqa.inference.scorer import ScoringSetupError
 from shardgen import write_shards
+
+pytestmark = pytest.mark.shared  # reads ../shared
 
 CLIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clive-dev" / "images"
 PHOTOS = ("10.webp", "1001.JPG", "1002.JPG", "1003.JPG")  # downscaled copies
@@ -39,8 +45,8 @@ MISSING_SAM = "/nonexistent/sam_vit_h_4b8939.pth"
 
 def offline_annotator() -> dict:
     """The annotator block `make annotate` records with configs/annotate/offline.yaml."""
-    return {"segmenter": build_segmenter({"name": "classical", "num_regions": 5}).settings(),
-            "describer": build_describer({"name": "measures"}).settings(),
+    return {"segmenter": component_record(build_segmenter({"name": "classical", "num_regions": 5})),
+            "describer": component_record(build_describer({"name": "measures"})),
             "image": {"max_pixels": 120_000_000, "downscale_long_side": None}}
 
 
@@ -114,6 +120,7 @@ def cli_run(checkpoint, photos, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_scores_good_images_reports_corrupt_one_and_exits_2(cli_run):
     status, err, rows, _ = cli_run
     assert status == 2
@@ -133,6 +140,7 @@ def test_cli_scores_good_images_reports_corrupt_one_and_exits_2(cli_run):
         assert all(set(r["scores"]) == set(contract.DIMENSIONS) for r in valid if r["scores"])
 
 
+@pytest.mark.slow
 def test_cli_writes_one_two_panel_heatmap_per_good_image(cli_run):
     _, _, rows, heatmaps = cli_run
     pngs = sorted(p.name for p in heatmaps.glob("*.png"))
@@ -142,6 +150,7 @@ def test_cli_writes_one_two_panel_heatmap_per_good_image(cli_run):
             assert img.format == "PNG" and img.width > 1.5 * img.height  # image panel + attention panel
 
 
+@pytest.mark.slow
 def test_api_returns_the_cli_scores_for_paths_arrays_and_pil_images(cli_run, scorer, checkpoint, photos):
     _, _, rows, _ = cli_run
     png = photos / "1001.png"
@@ -163,6 +172,7 @@ def test_api_returns_the_cli_scores_for_paths_arrays_and_pil_images(cli_run, sco
     assert scorer.score(png)[0]["score"] == pytest.approx(records[0]["score"], abs=1e-5)  # one bare input
 
 
+@pytest.mark.slow
 def test_model_input_is_the_evaluation_readers(scorer, shards):
     """Scoring feeds the network exactly what `rsfiqa test` does for an annotated image."""
     reader = SampleReader("seed0", None, 5, (64, 64), "bicubic", TEXT_PARTS, contract.DIMENSIONS)
@@ -187,9 +197,10 @@ class FailOnSmallImages:
         return self.describer.describe(images, segs)
 
 
+@pytest.mark.slow
 def test_an_image_breaking_the_annotator_is_reported_and_the_batch_goes_on(scorer, photos, monkeypatch):
     expected = scorer.score([photos / FULL_SIZE])[0]["score"]
-    monkeypatch.setattr(scorer, "describer", FailOnSmallImages(scorer.describer))
+    monkeypatch.setattr(scorer.annotator, "describer", FailOnSmallImages(scorer.annotator.describer))
     tiny = np.full((40, 60, 3), 90, dtype=np.uint8)
     records = scorer.score([tiny, photos / FULL_SIZE], batch_size=2)
     assert records[0]["score"] is None
@@ -197,6 +208,7 @@ def test_an_image_breaking_the_annotator_is_reported_and_the_batch_goes_on(score
     assert records[1]["error"] is None and records[1]["score"] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_json_output_nests_the_same_records(checkpoint, photos, tmp_path, capsys):
     out = tmp_path / "scores.json"
     status, err = run_score([str(photos / "sub"), str(photos / "*.png"), "--ckpt", str(checkpoint),
@@ -222,15 +234,17 @@ SAM_SETTINGS = {"name": "sam", "num_regions": 5, "checkpoint": MISSING_SAM, "mod
                 "long_side": 1024, "points_per_side": 32, "versions": {"segment-anything": "1.0"}}
 
 
+@pytest.mark.slow
 def test_missing_sam_checkpoint_names_file_and_override(checkpoint, photos, tmp_path, capsys):
     changed = with_annotator(checkpoint, tmp_path, segmenter=SAM_SETTINGS)
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(changed)], capsys)
     assert status == 1
-    assert MISSING_SAM in err and "--segmenter-override checkpoint=" in err and "name=classical" in err
+    assert MISSING_SAM in err and "--segmenter-override KEY=VALUE" in err and "name=classical" in err
     with pytest.raises(ScoringSetupError, match="segmenter-override"):
         Scorer.from_checkpoint(changed)
 
 
+@pytest.mark.slow
 def test_segmenter_override_scores_with_a_warning(checkpoint, photos, tmp_path, capsys):
     changed = with_annotator(checkpoint, tmp_path, segmenter=SAM_SETTINGS)
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(changed), "--segmenter-override",
@@ -239,17 +253,19 @@ def test_segmenter_override_scores_with_a_warning(checkpoint, photos, tmp_path, 
     assert "warning" in err and "differ from training conditions" in err
 
 
+@pytest.mark.slow
 def test_missing_vllm_names_the_extra_and_the_describer_override(checkpoint, photos, tmp_path, capsys):
     mllm = {"name": "mllm", "max_retries": 2, "dims": list(contract.DIMENSIONS), "prompts": {"content": "..."},
             "backend": {"backend": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct", "seed": 0,
                         "logprob_mode": "token_ids", "level_token_ids": {"bad": 1}, "versions": {"vllm": "0.9"}}}
-    assert annotator_config(mllm) == {"name": "vllm", "max_retries": 2, "dims": list(contract.DIMENSIONS),
+    assert recorded_config(DESCRIBERS, mllm) == {"name": "vllm", "max_retries": 2, "dims": list(contract.DIMENSIONS),
                                       "model": "Qwen/Qwen2.5-VL-7B-Instruct", "seed": 0}
     changed = with_annotator(checkpoint, tmp_path, describer=mllm)
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(changed)], capsys)
     assert status == 1 and "vllm" in err.lower() and "--describer-override" in err and "name=measures" in err
 
 
+@pytest.mark.slow
 def test_setup_errors_exit_1(checkpoint, photos, tmp_path, capsys):
     assert run_score([str(tmp_path / "none.jpg"), "--ckpt", str(checkpoint)], capsys)[0] == 1  # nothing to score
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(tmp_path / "no.ckpt")], capsys)
@@ -291,8 +307,9 @@ def test_clip_text_encoder_for_checkpoint_weights_is_built_silently(caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
 
 
-def test_import_rsfiqa_stays_light_and_exports_scorer_lazily():
-    code = ("import sys, rsfiqa; heavy = 'torch' in sys.modules; from rsfiqa import Scorer; "
-            "print(heavy, Scorer.__module__)")
+@pytest.mark.slow
+def test_rsfiqa_exports_scorer_and_annotate_never_loads_rsfiqa():
+    code = ("import sys, annotate.pipeline, annotate.cli; loaded = 'rsfiqa' in sys.modules; "
+            "from rsfiqa import Scorer; print(loaded, Scorer.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "rsfiqa.scorer"]
+    assert out.split() == ["False", "rsfiqa.inference.scorer"]

@@ -9,10 +9,14 @@ import torch
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
 
+from annotate.registry import component_record
 from annotate.segment import build_segmenter
-from annotate.segment.postprocess import postprocess, resize_segmentation
+from annotate.segment.postprocess import postprocess
+from rsfiqa_core.components import resize_segmentation
 from annotate.segment.sam import SamSegmenter, load_sam, tiny_sam
-from annotate.types import Segmentation
+from rsfiqa_core.components import Segmentation
+
+pytestmark = pytest.mark.shared  # reads ../shared
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PHOTO = SHARED / "data" / "clive-dev" / "images" / "1001.JPG"
@@ -114,8 +118,9 @@ def test_classical_segmenter_is_valid_and_deterministic_on_a_real_photo(photo):
     assert first.seg_score == second.seg_score
     assert all(0.0 <= s <= 1.0 for s in first.seg_score[:-1] if s is not None)
     assert all(first.valid)  # a real photo has enough structure for 4 candidates + background
-    settings = segmenter.settings()
-    assert settings["name"] == "classical" and "scikit-image" in settings["versions"]
+    record = component_record(segmenter)
+    assert record["name"] == "classical" and "scikit-image" in record["versions"]
+    assert record["config"] == {k: record[k] for k in record["config"]}  # flat keys as earlier shards have them
 
 
 def test_classical_felzenszwalb_downscales_and_restores_resolution(photo):
@@ -161,7 +166,7 @@ def test_sam_segmenter_gives_valid_regions_ranked_by_predicted_iou(small_images)
         assert seg.seg_score == pytest.approx(expected.seg_score, abs=1e-4)
     single = segmenter.segment(small_images[0])
     np.testing.assert_array_equal(single.label_map, segmenter.segment(small_images[0]).label_map)  # deterministic
-    assert segmenter.settings()["model_type"] == "custom"
+    assert segmenter.config()["model_type"] == "custom"
 
 
 def test_sam_checkpoint_errors_name_the_file(tmp_path):

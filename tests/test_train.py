@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsfiqa import cli, contract
+from rsfiqa import cli
+from rsfiqa_core import contract
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,7 @@ def trained(tmp_path_factory, synth_shards, tiny_model_args):
     return workdir / "runs" / "rsfiqa" / "version_0", args
 
 
+@pytest.mark.slow
 def test_fit_writes_one_run_dir_with_checkpoints_metrics_and_data_settings(trained):
     run_dir, _ = trained
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -61,6 +63,7 @@ def test_fit_writes_one_run_dir_with_checkpoints_metrics_and_data_settings(train
     assert ckpt["hyper_parameters"]["num_regions"] == 5
 
 
+@pytest.mark.slow
 def test_test_reports_plcc_and_srcc(trained, capsys):
     run_dir, args = trained
     result = cli.main(["test", *args, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
@@ -73,6 +76,7 @@ def test_test_reports_plcc_and_srcc(trained, capsys):
     assert float(metrics["test/rmse"]) ** 2 == pytest.approx(float(metrics["test/loss"]), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_cross_dataset_test_keeps_one_metric_set_per_dataset(trained, other_shards, synth_shards, capsys):
     run_dir, args = trained
     result = cli.main(["test", *args, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
@@ -85,6 +89,7 @@ def test_cross_dataset_test_keeps_one_metric_set_per_dataset(trained, other_shar
     assert float(metrics["test/synth/srcc"]) != float(metrics["test/other/srcc"])
 
 
+@pytest.mark.slow
 def test_predict_writes_one_row_per_image_into_the_run_dir(trained, other_shards, monkeypatch):
     run_dir, args = trained
     monkeypatch.chdir(run_dir.parents[2])  # the fit run's working directory: runs/rsfiqa/version_0
@@ -103,6 +108,7 @@ def test_predict_writes_one_row_per_image_into_the_run_dir(trained, other_shards
         assert 0.0 <= float(row["mos"]) <= 100.0
 
 
+@pytest.mark.slow
 def test_evaluating_a_checkpoint_does_not_load_backbone_weights_first(trained, tmp_path):
     """Checkpoint hyperparameters name the training run's weight source (here a file that is gone);
     evaluation must not need it: the trained weights come from the checkpoint."""

@@ -33,7 +33,8 @@ import numpy as np
 
 from annotate.datasets.splits import seeded_splits
 from annotate.types import Sample, Skipped
-from rsfiqa.contract import IMAGE_EXTS
+from rsfiqa_core.contract import IMAGE_EXTS
+from rsfiqa_core.imageio import printable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,11 +73,6 @@ class LabelRow:
 
 
 # --------------------------------------------------------------------------- small helpers
-def printable(name: str) -> str:
-    """``name`` safe to print and to store as UTF-8 (undecodable bytes shown as ``\\udcXX``)."""
-    return name.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def is_utf8(name: str) -> bool:
     """False for names holding undecodable bytes (``os.fsdecode`` surrogate escapes)."""
     try:
@@ -119,7 +115,7 @@ def mos_problem(mos: float, mos_range: Sequence[float]) -> str | None:
 
 
 def iter_image_files(folder: Path, recursive: bool) -> list[Path]:
-    """Image files (by extension, ``rsfiqa.contract.IMAGE_EXTS``) in ``folder``, sorted."""
+    """Image files (by extension, ``rsfiqa_core.contract.IMAGE_EXTS``) in ``folder``, sorted."""
     if not folder.is_dir():
         return []
     walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]

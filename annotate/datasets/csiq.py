@@ -19,9 +19,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from annotate.datasets.base import (DatasetAdapter, ImageNotFound, LabelRow, cell_text, iter_image_files,
-                                    parse_records, printable, to_float)
+from annotate.datasets.base import (
+    DatasetAdapter,
+    ImageNotFound,
+    LabelRow,
+    cell_text,
+    iter_image_files,
+    parse_records,
+    to_float,
+)
 from annotate.types import Skipped
+from rsfiqa_core.imageio import printable
 
 LABEL_FILES = ("csiq.DMOS.xlsx", "csiq.beta.xlsx", "csiq_label.txt")
 SHEET = "all_by_image"

@@ -18,14 +18,14 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from annotate.datasets.base import (DatasetAdapter, ImageNotFound, LabelRow, parse_records, printable,
-                                    to_float)
+from annotate.datasets.base import DatasetAdapter, ImageNotFound, LabelRow, parse_records, to_float
 from annotate.types import Skipped
-from rsfiqa.contract import make_record
+from rsfiqa_core.contract import make_record
+from rsfiqa_core.imageio import printable
 
 log = logging.getLogger(__name__)
 IMAGE_SUBFOLDER = "images"
-# keys a shard record sets itself (rsfiqa.contract.make_record, annotate.pipeline.build_sample);
+# keys a shard record sets itself (rsfiqa_core.contract.make_record, annotate.pipeline.build_sample);
 # extra columns must not reuse them
 RECORD_KEYS = frozenset(inspect.signature(make_record).parameters) - {"extra"} | {"mos_norm", "contract_version",
                                                                                    "image_info"}

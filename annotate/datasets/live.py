@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from annotate.datasets.base import (REFERENCE, DatasetAdapter, LabelRow, NO_REF, mat_strings, mat_vector,
-                                    parse_records)
+from annotate.datasets.base import NO_REF, REFERENCE, DatasetAdapter, LabelRow, mat_strings, mat_vector, parse_records
 from annotate.types import Skipped
 
 BLOCKS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))

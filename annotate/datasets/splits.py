@@ -1,6 +1,6 @@
 """Seeded train/val/test splits, grouped so no group (reference image or image) is in two parts.
 
-DATASETS.md / DESIGN.md ("Training and evaluation protocol"): datasets without an official split
+DATASETS.md / docs/DESIGN.md ("Training and evaluation protocol"): datasets without an official split
 get 10 random splits with a fixed seed, by reference image for the synthetic datasets (LIVE, CSIQ,
 TID2013, KADID-10k) and by image for the authentic ones. Tag ``seed<k>`` is drawn from
 ``numpy.random.default_rng(k)`` over the *sorted* set of groups, so a tag means the same partition

@@ -16,7 +16,8 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any, Protocol, Sequence
 
-from rsfiqa.contract import LEVELS
+from rsfiqa_core.contract import LEVELS
+from rsfiqa_core.device import resolve_device
 
 Conversation = list[dict[str, Any]]
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -32,7 +33,9 @@ class Backend(Protocol):
 
     def level_logprobs(self, conversations: Sequence[Conversation]) -> list[dict[str, float] | None]: ...
 
-    def settings(self) -> dict[str, Any]: ...
+    def config(self) -> dict[str, Any]: ...
+
+    def provenance(self) -> dict[str, Any]: ...
 
 
 def level_token_ids(tokenizer: Any) -> tuple[dict[str, int] | None, str | None]:
@@ -136,9 +139,11 @@ class VLLMBackend:
             result.append({w: float(first[i].logprob) for w, i in self.level_ids.items() if i in first})
         return result
 
-    def settings(self) -> dict[str, Any]:
-        return {"backend": "vllm", **self.options, "retry_temperature": self.retry_temperature,
-                "logprob_mode": self.logprob_mode, "level_token_ids": self.level_ids,
+    def config(self) -> dict[str, Any]:
+        return {**self.options, "retry_temperature": self.retry_temperature}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"backend": "vllm", "logprob_mode": self.logprob_mode, "level_token_ids": self.level_ids,
                 "level_token_problem": self.level_ids_problem, "versions": {"vllm": _version("vllm")}}
 
 
@@ -193,9 +198,7 @@ class HFBackend:
             model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(model, dtype=dtype)
         elif processor is None:
             raise ValueError("HFBackend: a model object needs its `processor` (e.g. a Qwen2_5_VLProcessor)")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"  # generation continues every row's last token
@@ -247,8 +250,10 @@ class HFBackend:
             result += [dict(zip(words, row)) for row in logprobs.tolist()]
         return result
 
-    def settings(self) -> dict[str, Any]:
-        return {"backend": "hf", "model": self.name, "device": str(self.device), "batch_size": self.batch_size,
-                "retry_temperature": self.retry_temperature, "level_token_ids": self.level_ids,
+    def config(self) -> dict[str, Any]:
+        return {"model": self.name, "batch_size": self.batch_size, "retry_temperature": self.retry_temperature}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"backend": "hf", "device": str(self.device), "level_token_ids": self.level_ids,
                 "level_token_problem": self.level_ids_problem,
                 "versions": {"transformers": _version("transformers"), "torch": self.torch.__version__}}

@@ -1,4 +1,4 @@
-"""Measures describer: the offline stand-in for the MLLM (DESIGN.md, "Describer, measures").
+"""Measures describer: the offline stand-in for the MLLM (docs/DESIGN.md, "Describer, measures").
 
 Per region, classical signal measures on the region's pixels, each mapped to a continuous 1..5
 score by the monotone piecewise-linear table :data:`SCORE_BREAKPOINTS` and to the nearest of the
@@ -35,10 +35,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.color import rgb2hsv
 
-from annotate.describe import missing_record
 from annotate.describe.parsing import score_to_level
-from annotate.types import Segmentation
-from rsfiqa.contract import DIMENSIONS
+from rsfiqa_core.components import Segmentation
+from rsfiqa_core.contract import DIMENSIONS, missing_record
 
 # --------------------------------------------------------------------------- thresholds
 # Raw measure value at which the score is 1, 2, 3, 4, 5 (linear in between, clamped outside).
@@ -215,6 +214,9 @@ def content_phrase(area: float, colour: str, texture: float, position: str, back
 class MeasuresDescriber:
     """Classical measures -> the MLLM's record format (see the module docstring)."""
 
+    name = "measures"
+    uses_device = False
+
     def __init__(self, max_colour_samples: int = 4096) -> None:
         self.max_colour_samples = max_colour_samples
 
@@ -254,8 +256,11 @@ class MeasuresDescriber:
             record["missing_reason"] = "; ".join(reasons)
         return record
 
-    def settings(self) -> dict[str, Any]:
-        """JSON-able thresholds and options (recorded in every shard's annotator block)."""
-        return {"name": "measures", "score_breakpoints": {k: list(v) for k, v in SCORE_BREAKPOINTS.items()},
+    def config(self) -> dict[str, Any]:
+        return {"max_colour_samples": self.max_colour_samples}
+
+    def provenance(self) -> dict[str, Any]:
+        """The module's thresholds (recorded in every shard's annotator block)."""
+        return {"score_breakpoints": {k: list(v) for k, v in SCORE_BREAKPOINTS.items()},
                 "texture_threshold": TEXTURE_THRESHOLD, "size_words": [list(s) for s in SIZE_WORDS],
-                "min_interior": MIN_INTERIOR, "max_colour_samples": self.max_colour_samples}
+                "min_interior": MIN_INTERIOR}

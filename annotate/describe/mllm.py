@@ -32,12 +32,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from annotate.describe import missing_record, prompts
-from annotate.describe.backends import Backend, Conversation
+from annotate.describe import prompts
+from annotate.describe.backends import Backend, Conversation, HFBackend, VLLMBackend
 from annotate.describe.parsing import Parsed, parse_content, parse_level, parse_score, qalign_expectation
-from annotate.segment.postprocess import check_rgb, downscale
-from annotate.types import Segmentation
-from rsfiqa.contract import DIMENSIONS
+from rsfiqa_core.components import Segmentation
+from rsfiqa_core.contract import DIMENSIONS, missing_record
+from rsfiqa_core.imageio import check_rgb, downscale
 
 T = TypeVar("T")
 PARSERS: dict[str, Callable[[str], Parsed]] = {"content": parse_content, "level": parse_level, "score": parse_score}
@@ -70,12 +70,19 @@ def _none_if_empty(values: dict[str, Any]) -> dict[str, Any] | None:
     return values if any(v is not None for v in values.values()) else None
 
 
+DESCRIBER_OPTIONS = ("max_retries", "dims", "hints", "image_long_side", "max_tokens", "seed", "use_level_logprobs",
+                     "progress")
+
+
 class BackendFailure(Exception):
     """A backend call that kept failing; its message is the items' ``missing_reason`` text."""
 
 
 class MLLMDescriber:
     """Multi-turn region description through a :class:`~annotate.describe.backends.Backend`."""
+
+    name = "mllm"  # the registered subclasses below name their backend
+    uses_device = False
 
     def __init__(
         self,
@@ -129,16 +136,19 @@ class MLLMDescriber:
             results[chat.image_index][chat.region_index] = self.record(chat)
         return results  # type: ignore[return-value]
 
-    def settings(self) -> dict[str, Any]:
-        """JSON-able options, the prompt texts and the backend's settings."""
-        return {"name": "mllm", "max_retries": self.max_retries, "dims": list(self.dims), "hints": self.hints,
+    def config(self) -> dict[str, Any]:
+        """The describer's and its backend's constructor options."""
+        return {"max_retries": self.max_retries, "dims": list(self.dims), "hints": self.hints,
                 "image_long_side": self.image_long_side, "max_tokens": dict(self.max_tokens), "seed": self.seed,
-                "use_level_logprobs": self.use_level_logprobs,
-                "prompts": {"intro": prompts.IMAGES_INTRO, "content": prompts.question("content", None, self.hints),
+                "use_level_logprobs": self.use_level_logprobs, **self.backend.config()}
+
+    def provenance(self) -> dict[str, Any]:
+        """The prompt texts and the backend's block (its options, tokenizer ids and versions)."""
+        return {"prompts": {"intro": prompts.IMAGES_INTRO, "content": prompts.question("content", None, self.hints),
                             "level": prompts.question("level", "<type>", self.hints),
                             "score": prompts.question("score", "<type>", self.hints),
                             "level_answer_prefix": prompts.LEVEL_ANSWER_PREFIX},
-                "backend": self.backend.settings()}
+                "backend": {**self.backend.config(), **self.backend.provenance()}}
 
     # ------------------------------------------------------------------ turns
     def converse(self, chats: list[RegionChat]) -> None:
@@ -228,3 +238,30 @@ class MLLMDescriber:
         if notes:
             record["notes"] = notes
         return record
+
+
+class BackendDescriber(MLLMDescriber):
+    """:class:`MLLMDescriber` over a backend built from the same options: the describer's own
+    (:data:`DESCRIBER_OPTIONS`) are taken out, every other key goes to ``backend_class``."""
+
+    backend_class: Any
+
+    def __init__(self, **options: Any) -> None:
+        own = {k: options.pop(k) for k in DESCRIBER_OPTIONS if k in options}
+        super().__init__(self.backend_class(**options), **own)
+
+
+class VLLMDescriber(BackendDescriber):
+    """Qwen2.5-VL through vLLM (the paper's describer)."""
+
+    name = "vllm"
+    uses_device = False
+    backend_class = VLLMBackend
+
+
+class HFDescriber(BackendDescriber):
+    """Qwen2.5-VL through transformers (CPU or GPU)."""
+
+    name = "hf"
+    uses_device = True
+    backend_class = HFBackend

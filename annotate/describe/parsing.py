@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from rsfiqa.contract import LEVEL_SCORE, LEVELS
+from rsfiqa_core.contract import LEVEL_SCORE, LEVELS
 
 SCORE_RANGE = (1.0, 5.0)
 NUMBER_WORDS = {"one": 1.0, "two": 2.0, "three": 3.0, "four": 4.0, "five": 5.0}

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from rsfiqa.contract import DIMENSIONS, LEVELS
+from rsfiqa_core.contract import DIMENSIONS, LEVELS
 
 Message = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""Classical segmenter: the offline stand-in for SAM (DESIGN.md, "Segmenter, classical").
+"""Classical segmenter: the offline stand-in for SAM (docs/DESIGN.md, "Segmenter, classical").
 
 1. The image is reduced so that its long side is at most ``long_side``.
 2. scikit-image over-segments it into superpixels (SLIC on CIELAB, or Felzenszwalb's graph
@@ -22,8 +22,9 @@ import skimage
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb, slic
 
-from annotate.segment.postprocess import check_rgb, downscale, postprocess, resize_segmentation
-from annotate.types import Segmentation
+from annotate.segment.postprocess import postprocess
+from rsfiqa_core.components import Segmentation, resize_segmentation
+from rsfiqa_core.imageio import check_rgb, downscale
 
 METHODS = ("slic", "felzenszwalb")
 
@@ -125,6 +126,9 @@ def candidate_scores(labels: np.ndarray, lab: np.ndarray, min_area: float = 0.02
 class ClassicalSegmenter:
     """Superpixels + Ward merging + documented ranking score, then paper eq. (5) (see module doc)."""
 
+    name = "classical"
+    uses_device = False
+
     def __init__(
         self,
         num_regions: int = 5,
@@ -180,10 +184,13 @@ class ClassicalSegmenter:
         seg.info.update(segmenter="classical", method=self.method)
         return resize_segmentation(seg, image.shape[:2])
 
-    def settings(self) -> dict[str, Any]:
-        """JSON-able options and library versions (recorded in every shard's annotator block)."""
-        return {"name": "classical", "num_regions": self.num_regions, "method": self.method,
+    def config(self) -> dict[str, Any]:
+        """The constructor options (recorded in every shard's annotator block)."""
+        return {"num_regions": self.num_regions, "method": self.method,
                 "long_side": self.long_side, "num_candidates": self.num_candidates,
                 "n_segments": self.n_segments, "compactness": self.compactness, "fz_scale": self.fz_scale,
                 "fz_sigma": self.fz_sigma, "fz_min_size": self.fz_min_size, "min_area": self.min_area,
-                "colour_scale": self.colour_scale, "versions": {"scikit-image": skimage.__version__}}
+                "colour_scale": self.colour_scale}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"versions": {"scikit-image": skimage.__version__}}

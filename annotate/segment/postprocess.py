@@ -17,20 +17,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from annotate.types import Segmentation
+from rsfiqa_core.components import Segmentation, region_areas
 
 
 def rank_masks(scores: Sequence[float], keep: int) -> list[int]:
     """Indices of the ``keep`` highest scores, descending; ties broken by the lower index."""
     return sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[:keep]
-
-
-def region_areas(label_map: np.ndarray, num_regions: int) -> list[float]:
-    """Fraction of the image each region label covers."""
-    counts = np.bincount(label_map.ravel(), minlength=num_regions)[:num_regions]
-    return [float(c) / label_map.size for c in counts]
 
 
 def postprocess(
@@ -76,42 +69,3 @@ def postprocess(
         seg_score=seg_score,
         info={"num_masks": len(masks), "kept_masks": len(kept)},
     )
-
-
-def resize_segmentation(seg: Segmentation, shape: tuple[int, int]) -> Segmentation:
-    """The same segmentation at another resolution (nearest-neighbour label map).
-
-    Used to bring a segmentation computed at a reduced resolution back to the image's own
-    size; areas and validity flags are recomputed on the resized map.
-    """
-    if seg.label_map.shape == tuple(shape):
-        return seg
-    h, w = shape
-    label_map = np.asarray(Image.fromarray(seg.label_map).resize((w, h), Image.NEAREST), dtype=np.uint8)
-    area = region_areas(label_map, len(seg.valid))
-    return Segmentation(label_map=label_map, valid=[a > 0 for a in area], area=area,
-                        seg_score=list(seg.seg_score), info={**seg.info, "computed_at": list(seg.label_map.shape)})
-
-
-def reduced_size(shape: tuple[int, int], long_side: int | None) -> tuple[int, int]:
-    """(H, W) scaled so that the long side is at most ``long_side`` (never enlarged)."""
-    h, w = shape
-    if long_side is None or max(h, w) <= long_side:
-        return h, w
-    s = long_side / max(h, w)
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
-def downscale(image: np.ndarray, long_side: int | None) -> np.ndarray:
-    """RGB uint8 image resized (area-averaged) so that its long side is at most ``long_side``."""
-    h, w = reduced_size(image.shape[:2], long_side)
-    if (h, w) == image.shape[:2]:
-        return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BOX), dtype=np.uint8)
-
-
-def check_rgb(image: np.ndarray) -> None:
-    """Raise a clear error unless ``image`` is an HxWx3 uint8 array."""
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {type(image).__name__} "
-                         f"{getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}")

@@ -25,17 +25,12 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.amg import rle_to_mask
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from annotate.segment.postprocess import check_rgb, downscale, postprocess, rank_masks, resize_segmentation
-from annotate.types import Segmentation
+from annotate.segment.postprocess import postprocess, rank_masks
+from rsfiqa_core.components import Segmentation, resize_segmentation
+from rsfiqa_core.device import resolve_device
+from rsfiqa_core.imageio import check_rgb, downscale
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the first GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def tiny_sam(seed: int = 0) -> Sam:
@@ -54,14 +49,17 @@ def tiny_sam(seed: int = 0) -> Sam:
     ).eval()
 
 
+SAM_BUILDERS = {**sam_model_registry, "tiny": tiny_sam}  # model_type -> builder; "tiny" for tests
+
+
 def load_sam(checkpoint: str | Path, model_type: str = "vit_b", device: str | torch.device = "cpu") -> Sam:
     """A SAM model of ``model_type`` with the weights of ``checkpoint`` (a local file).
 
     The state dict is loaded here with ``map_location`` because ``build_sam`` calls
     ``torch.load`` without one (GPU-saved checkpoints would fail on CPU-only machines).
     """
-    if model_type not in sam_model_registry:
-        raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {sorted(sam_model_registry)}")
+    if model_type not in SAM_BUILDERS:
+        raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {sorted(SAM_BUILDERS)}")
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint not found: {path} (download e.g. sam_vit_b_01ec64.pth from "
@@ -70,7 +68,7 @@ def load_sam(checkpoint: str | Path, model_type: str = "vit_b", device: str | to
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt/foreign files; all mean "unreadable"
         raise ValueError(f"SAM checkpoint {path} is unreadable: {e}") from e
-    model = sam_model_registry[model_type]()
+    model = SAM_BUILDERS[model_type]()
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -103,6 +101,9 @@ class _PreloadedEmbeddingPredictor(SamPredictor):
 
 class SamSegmenter:
     """SAM automatic masks -> L regions (paper eq. 5); see the module docstring."""
+
+    name = "sam"
+    uses_device = True
 
     def __init__(
         self,
@@ -184,9 +185,11 @@ class SamSegmenter:
     def as_mask(segmentation: np.ndarray | dict) -> np.ndarray:
         return rle_to_mask(segmentation) if isinstance(segmentation, dict) else np.asarray(segmentation, dtype=bool)
 
-    def settings(self) -> dict[str, Any]:
-        """JSON-able options and library versions (recorded in every shard's annotator block)."""
-        return {"name": "sam", "num_regions": self.num_regions, "checkpoint": self.checkpoint,
-                "model_type": self.model_type, "long_side": self.long_side, **self.options,
-                "versions": {"segment-anything": importlib.metadata.version("segment-anything"),
+    def config(self) -> dict[str, Any]:
+        """The constructor options (recorded in every shard's annotator block)."""
+        return {"num_regions": self.num_regions, "checkpoint": self.checkpoint, "model_type": self.model_type,
+                "long_side": self.long_side, **self.options}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"versions": {"segment-anything": importlib.metadata.version("segment-anything"),
                              "torch": torch.__version__}}

@@ -1,4 +1,4 @@
-"""LightningDataModule over annotated webdataset shards (DESIGN.md, "Shard contract" and "Training
+"""LightningDataModule over annotated webdataset shards (docs/DESIGN.md, "Shard contract" and "Training
 and evaluation protocol").
 
 Stages and what they read
@@ -41,262 +41,22 @@ as an uninterrupted run (on one device; under DDP the streams repeat without epo
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
-import tarfile
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
-import torch
 import webdataset as wds
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, get_worker_info
-from webdataset.utils import PipelineStage
+from torch.utils.data import DataLoader
 
-from rsfiqa import contract
 from rsfiqa.data import transforms
-from rsfiqa.imageio import decode_rgb
+from rsfiqa.data.sample import SampleReader, collate
+from rsfiqa.data.shards import ShardSet, load_shard_set
+from rsfiqa.data.streams import PassShuffle, RankShards, ShardErrorHandler, WorkerQuota
+from rsfiqa_core import contract
 
 TRAIN, VAL, TEST = "train", "val", "test"
 TEXT_PARTS = ("content", "level", "score")
-
-
-class ShardError(contract.ContractError):
-    """A shard that cannot be read: truncated, corrupt, or inconsistent with its ``index.json``."""
-
-
-# --------------------------------------------------------------------------- scanning the shards
-@dataclass(frozen=True)
-class SampleInfo:
-    """What setup needs to know about one sample without decoding its image."""
-
-    key: str
-    splits: dict[str, str]
-    num_regions: int
-    dataset: str
-    mos_range: tuple[float, float]
-    higher_better: bool
-
-
-@lru_cache(maxsize=None)
-def _scan_shard_cached(path: str, size: int, mtime_ns: int) -> tuple[SampleInfo, ...]:
-    samples = []
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if member.offset_data + member.size > size:
-                    raise ShardError(f"{path}: truncated shard ({member.name} ends past the end of the file)")
-                key, _, ext = member.name.partition(".")
-                if ext != contract.JSON_KEY:
-                    continue
-                try:
-                    record = json.loads(tar.extractfile(member).read())
-                except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                    raise ShardError(f"{path}:{key}: unreadable JSON record ({err})") from err
-                contract.validate_record(record, f"{path}:{key}")
-                samples.append(SampleInfo(key, dict(record["splits"]), len(record["regions"]), record["dataset"],
-                                          tuple(record["mos_range"]), bool(record["higher_better"])))
-    except (tarfile.TarError, OSError) as err:
-        raise ShardError(f"{path}: corrupt or truncated shard ({err})") from err
-    return tuple(samples)
-
-
-def scan_shard(path: str) -> tuple[SampleInfo, ...]:
-    """Per-sample summaries of one shard, cached while the file is unchanged."""
-    st = os.stat(path)
-    return _scan_shard_cached(path, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """One annotated shard directory: its ``index.json`` and the scanned samples of each shard."""
-
-    directory: str
-    index: dict
-    shards: tuple[tuple[str, tuple[SampleInfo, ...]], ...]  # (shard path, its samples)
-
-    @property
-    def urls(self) -> list[str]:
-        return [path for path, _ in self.shards]
-
-    def samples(self) -> Iterator[tuple[str, SampleInfo]]:
-        for path, infos in self.shards:
-            for info in infos:
-                yield path, info
-
-    def split_counts(self, split_tag: str, split: str | None) -> dict[str, int]:
-        """Per shard path: samples whose ``splits[split_tag]`` is ``split`` (all for ``split=None``)."""
-        return {path: sum(1 for info in infos if split is None or info.splits.get(split_tag) == split)
-                for path, infos in self.shards}
-
-    def split_count(self, split_tag: str, split: str | None, shards: Iterable[str] | None = None) -> int:
-        """Total of :meth:`split_counts`, optionally over the shards ``shards`` only."""
-        counts = self.split_counts(split_tag, split)
-        return sum(counts[path] for path in (counts if shards is None else shards))
-
-    def datasets(self) -> dict[str, dict[str, Any]]:
-        """Per dataset name: MOS range and direction (checked to be the same for all its samples)."""
-        out: dict[str, dict[str, Any]] = {}
-        for path, info in self.samples():
-            meta = {"mos_range": list(info.mos_range), "higher_better": info.higher_better}
-            if out.setdefault(info.dataset, meta) != meta:
-                raise ShardError(f"{path}:{info.key}: dataset {info.dataset!r} has MOS range/direction {meta}, "
-                                 f"other samples have {out[info.dataset]}")
-        return out
-
-
-def load_shard_set(directory: str) -> ShardSet:
-    """Read ``index.json`` and scan every shard it lists; the sample count must match the index."""
-    index = contract.read_index(directory)
-    shards = tuple((path, scan_shard(path)) for path in index["shard_paths"])
-    found = sum(len(infos) for _, infos in shards)
-    if found != index["count"]:
-        raise ShardError(f"{directory}: index.json lists {index['count']} samples but the shards hold {found} "
-                         f"(a truncated or incomplete shard?)")
-    return ShardSet(str(directory), index, shards)
-
-
-# --------------------------------------------------------------------------- pipeline stages
-class ShardErrorHandler:
-    """webdataset exception handler: re-raise as :class:`ShardError` naming the shard."""
-
-    def __init__(self, urls: Sequence[str]):
-        self.urls = list(urls)
-
-    def __call__(self, exn: Exception) -> bool:
-        if isinstance(exn, ShardError):  # ours, passing through an outer stage that appended to args
-            exn.args = exn.args[:1]
-            raise exn
-        text = " ".join(str(a) for a in exn.args)  # webdataset appends the url/stream to args
-        shard = next((u for u in self.urls if u in text), "<unknown shard>")
-        reason = exn.args[0] if exn.args else exn
-        raise ShardError(f"{shard}: corrupt or truncated shard ({type(exn).__name__}: {reason})") from exn
-
-
-class RankShards:
-    """Node splitter: shard ``i`` goes to rank ``i mod world_size`` (rank bound explicitly, so it
-    also holds in DataLoader worker processes)."""
-
-    def __init__(self, rank: int, world_size: int):
-        self.rank, self.world_size = rank, world_size
-
-    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
-        for i, item in enumerate(src):
-            if i % self.world_size == self.rank:
-                yield item
-
-
-def coin_flip(seed: int, pass_: int, key: str) -> bool:
-    """A fair coin fixed by (seed, pass, sample key): flips do not depend on worker layout."""
-    return random.Random(f"{seed}/{pass_}/{key}").random() < 0.5
-
-
-def _worker_id() -> tuple[int, int]:
-    info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-class PassShuffle(PipelineStage):
-    """Shuffle buffer whose seed depends on (seed, pass, rank, worker); each pass over the data
-    (one epoch on one device) gets a new order, reproducibly. Tags samples with ``__pass__``."""
-
-    def __init__(self, bufsize: int, seed: int, rank: int, first_pass: int = 0):
-        self.bufsize, self.seed, self.rank, self.passes = bufsize, seed, rank, first_pass - 1
-
-    def run(self, src: Iterable[dict]) -> Iterator[dict]:
-        self.passes += 1
-        tagged = ({**sample, "__pass__": self.passes} for sample in src)
-        if self.bufsize < 2:
-            return tagged
-        rng = random.Random(f"{self.seed}/{self.passes}/{self.rank}/{_worker_id()[0]}")
-        return wds.filters.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(tagged)
-
-
-class WorkerQuota(PipelineStage):
-    """Let DataLoader worker ``w`` of ``W`` yield its share of ``n_batches`` (they add up to it)."""
-
-    def __init__(self, n_batches: int):
-        self.n_batches = n_batches
-
-    def run(self, src: Iterable[Any]) -> Iterator[Any]:
-        worker, workers = _worker_id()
-        quota = self.n_batches // workers + (worker < self.n_batches % workers)
-        for _, batch in zip(range(quota), src):
-            yield batch
-
-
-@dataclass(frozen=True)
-class SampleReader:
-    """Raw webdataset sample -> model input; keeps only ``split`` of ``split_tag`` (all for None)."""
-
-    split_tag: str
-    split: str | None
-    num_regions: int
-    image_size: tuple[int, int]
-    interpolation: str
-    text_parts: tuple[str, ...]
-    text_dims: tuple[str, ...]
-    hflip: bool = False
-    seed: int = 0
-
-    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
-        for raw in src:
-            sample = contract.decode_sample(raw)
-            record = sample["record"]
-            if self.split is None or record["splits"].get(self.split_tag) == self.split:
-                flip = self.hflip and coin_flip(self.seed, raw.get("__pass__", 0), sample["key"])
-                yield self.item(sample, where=f"{raw.get('__url__', '?')}:{sample['key']}", flip=flip)
-
-    def item(self, sample: dict, where: str, flip: bool) -> dict:
-        """One decoded sample (``contract.decode_sample``) as model input; ``where`` names it in errors."""
-        record = sample["record"]
-        regions = record["regions"]
-        if len(regions) != self.num_regions:
-            raise contract.ContractError(f"{where}: record has {len(regions)} regions, num_regions is "
-                                         f"{self.num_regions}")
-        rgb, _ = decode_rgb(sample["image_bytes"], name=where)
-        label_map = sample["label_map"]
-        if label_map.shape != rgb.shape[:2]:
-            raise contract.ContractError(f"{where}: label map {label_map.shape} does not match the upright image "
-                                         f"{rgb.shape[:2]}")
-        rgb, label_map = transforms.resize_pair(rgb, label_map, self.image_size, self.interpolation)
-        if flip:
-            rgb, label_map = transforms.hflip_pair(rgb, label_map)
-        image, labels = transforms.to_model_input(rgb, label_map)
-        texts = [contract.region_text(r, self.text_parts, self.text_dims) for r in regions]
-        return {"image": image, "label_map": labels,
-                "region_valid": torch.tensor([bool(r.get("valid")) and t != "" for r, t in zip(regions, texts)]),
-                "texts": texts, "mos_norm": float(record["mos_norm"]), "mos": float(record["mos"]),
-                "key": sample["key"], "dataset": record["dataset"], "image_name": record["image"],
-                "region_scores": torch.tensor([[_score(r, d) for d in contract.DIMENSIONS] for r in regions],
-                                              dtype=torch.float32),
-                "mos_range": torch.tensor(record["mos_range"], dtype=torch.float64),
-                "higher_better": bool(record["higher_better"])}
-
-
-def _score(region: dict, dim: str) -> float:
-    value = (region.get("scores") or {}).get(dim)
-    return float("nan") if value is None else float(value)
-
-
-def collate(items: list[dict]) -> dict[str, Any]:
-    """Batch dict of the data module (see :class:`ShardDataModule`)."""
-    batch: dict[str, Any] = {}
-    for name in items[0]:
-        values = [item[name] for item in items]
-        if isinstance(values[0], torch.Tensor):
-            batch[name] = torch.stack(values)
-        elif isinstance(values[0], float):
-            batch[name] = torch.tensor(values, dtype=torch.float32)
-        elif isinstance(values[0], bool):
-            batch[name] = torch.tensor(values)
-        else:
-            batch[name] = values
-    return batch
 
 
 # --------------------------------------------------------------------------- the data module

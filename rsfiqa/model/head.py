@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .mhf import Attention
+from .attention import Attention
 
 POOLS = ("mean", "mean_std")
 SCORE_BIAS_INIT = 0.5  # middle of the normalised MOS range [0, 1]: training starts from a neutral guess

@@ -24,9 +24,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .attention import Attention, additive_mask
 from .backbone import Backbone
 from .head import QualityHead
-from .mhf import MHF, Attention, PlainFusion, additive_mask
+from .mhf import MHF, PlainFusion
 from .rsa import RegionSemanticAttention, check_label_map, pool_region_masks
 from .text import TextEncoder, text_projection
 

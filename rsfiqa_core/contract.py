@@ -4,7 +4,7 @@ A shard directory holds webdataset ``.tar`` files plus ``index.json``. Each samp
 
 * ``<ext>`` (``jpg``, ``png``, ``bmp``, ``webp`` ...): the original image bytes, unchanged;
 * ``regions.png``: a single-channel uint8 label map at the resolution of the UPRIGHT image (EXIF
-  orientation applied, as :func:`rsfiqa.imageio.decode_rgb` returns it), values 0..L-1;
+  orientation applied, as :func:`rsfiqa_core.imageio.decode_rgb` returns it), values 0..L-1;
 * ``json``: the record described by :func:`make_record` (keys may be added, never renamed).
 
 Region ``L-1`` is the background (pixels no kept mask covers, paper eq. 5); regions that are
@@ -133,6 +133,11 @@ def empty_region(index: int, area: float = 0.0, seg_score: float | None = None, 
             "content": None, "levels": None, "scores": None, "text": ""}
 
 
+def missing_record(reason: str) -> dict:
+    """The description of a region that has none (e.g. ``"empty region"``)."""
+    return {"content": None, "levels": None, "scores": None, "parsed_scores": None, "missing_reason": reason}
+
+
 def make_record(
     *,
     dataset: str,
@@ -146,7 +151,7 @@ def make_record(
     annotator: Mapping[str, Any],
     **extra: Any,
 ) -> dict:
-    """The per-sample JSON record of the contract (DESIGN.md, "Shard contract")."""
+    """The per-sample JSON record of the contract (docs/DESIGN.md, "Shard contract")."""
     rec = {
         "dataset": dataset.lower(),
         "image": image,
@@ -167,6 +172,10 @@ def make_record(
 
 class ContractError(ValueError):
     """A sample or shard that does not follow the contract."""
+
+
+class ShardError(ContractError):
+    """A shard or shard directory that cannot be read, resumed or indexed safely."""
 
 
 def validate_record(rec: Mapping[str, Any], where: str = "") -> None:

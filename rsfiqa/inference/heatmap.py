@@ -26,9 +26,9 @@ from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import mark_boundaries
 
-from annotate.segment.postprocess import reduced_size
-from rsfiqa.contract import LEVELS
 from rsfiqa.data.transforms import resize_pair
+from rsfiqa_core.contract import LEVELS
+from rsfiqa_core.imageio import reduced_size
 
 QUALITY_CMAP = "RdYlGn"      # red = bad (1) ... green = excellent (5)
 ATTENTION_CMAP = "inferno"

@@ -26,11 +26,11 @@ import yaml
 from torch import Tensor
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-from rsfiqa.contract import PLACEHOLDER_TEXT
 from rsfiqa.data.datamodule import ShardDataModule
-from rsfiqa.eval.splits import FIT_DONE
+from rsfiqa.experiments.splits import FIT_DONE
 from rsfiqa.model.rsa import RegionSemanticAttention
 from rsfiqa.module import RSFIQAModule
+from rsfiqa_core.contract import PLACEHOLDER_TEXT
 
 VARIANTS = ("full", "no_bias", "rotated_text", "placeholder_text")
 

@@ -5,7 +5,7 @@ into one table.
         configs/ablations/full.yaml --shards shards/live shards/koniq [--splits auto] \\
         [--out runs/ablations] [--name table3] [any rsfiqa fit/test option]
 
-Each overlay runs on top of ``--base`` through the split protocol (:mod:`rsfiqa.eval.splits`) on
+Each overlay runs on top of ``--base`` through the split protocol (:mod:`rsfiqa.experiments.splits`) on
 every ``--shards`` directory, into ``<out>/<overlay stem>/<dataset>/``, so runs are resumable and a
 config shared by several tables (``full.yaml``) is trained once when the tables share ``--out``.
 A ``--shards`` path may contain ``{num_regions}``, filled from the configs' ``data.num_regions``
@@ -24,10 +24,11 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from rsfiqa.contract import ContractError
 from rsfiqa.data.datamodule import ShardDataModule
-from rsfiqa.eval import report, splits
+from rsfiqa.eval import report
+from rsfiqa.experiments import splits
 from rsfiqa.module import METRIC_NAMES
+from rsfiqa_core.contract import ContractError
 
 ABLATION_COLUMNS = ("config", "description", *report.SUMMARY_COLUMNS)
 

@@ -41,10 +41,10 @@ import torch
 from omegaconf import OmegaConf
 
 from rsfiqa import cli
-from rsfiqa.contract import ContractError
-from rsfiqa.data.datamodule import load_shard_set
+from rsfiqa.data.shards import load_shard_set
 from rsfiqa.eval import report
 from rsfiqa.module import METRIC_NAMES
+from rsfiqa_core.contract import ContractError
 
 OFFICIAL = "official"
 SEED_TAG = re.compile(r"seed(\d+)$")

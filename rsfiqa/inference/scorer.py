@@ -9,7 +9,7 @@ What the checkpoint records and scoring uses
                           dimensions, and per training dataset its MOS range, direction and the
                           annotator settings (segmenter, describer, image handling) of its shards.
 
-Same conditions as training and evaluation: the image is read with ``rsfiqa.imageio``, segmented
+Same conditions as training and evaluation: the image is read with ``rsfiqa_core.imageio``, segmented
 and described at the annotation resolution (``image.downscale_long_side`` of the annotator), the
 label map brought back to the image's size, then image and label map go through the data
 module's transforms and the region texts through ``contract.region_text`` with the checkpoint's
@@ -23,10 +23,9 @@ batch size; other batch sizes change them by float rounding only (~1e-6). Region
 contract's region entries (index, valid, area, seg_score, content, levels, scores, missing_reason
 ...) whose ``text`` is the string the model read.
 
-Annotator settings -> configs. A component's ``settings()`` records more than its constructor
-takes; :func:`annotator_config` maps it back (see ``RECORD_ONLY_KEYS`` and the MLLM case there),
-then the built component's own ``settings()`` is compared with the recorded one and every
-difference is logged as a warning (scores may then differ from training conditions).
+Annotators. ``annotate.api.Annotator.from_record`` rebuilds the segmenter and describer from the
+configs the shards recorded (with the user's overrides) and annotates each batch; every
+difference from the recorded configs is logged as a warning.
 """
 from __future__ import annotations
 
@@ -42,37 +41,20 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from annotate.describe import build_describer
-from annotate.pipeline import region_records, segment_images
-from annotate.segment import build_segmenter
-from annotate.segment.postprocess import downscale, resize_segmentation
-from annotate.datasets.base import printable
-from annotate.types import Describer, Segmentation, Segmenter
-from rsfiqa import contract
+from annotate.api import Annotation, Annotator, AnnotatorSetupError
 from rsfiqa.data import transforms
-from rsfiqa.imageio import DEFAULT_MAX_PIXELS, ImageError, to_rgb8, load_rgb
+from rsfiqa.data.sample import model_input
 from rsfiqa.model.net import RSFIQANet
 from rsfiqa.model.text import FROM_CHECKPOINT
 from rsfiqa.module import NET_ARGS
+from rsfiqa_core import contract
+from rsfiqa_core.device import resolve_device
+from rsfiqa_core.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, printable, to_rgb8
 
 log = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 DEFAULT_BATCH_SIZE = 8
-# Keys of a component's settings() that record how it ran (library versions, prompt texts, what the
-# tokenizer offered) or module constants (the measures describer's thresholds), not constructor options.
-RECORD_ONLY_KEYS = frozenset({"versions", "prompts", "logprob_mode", "level_token_ids", "level_token_problem",
-                              "score_breakpoints", "texture_threshold", "size_words", "min_interior"})
-# Components with a ``device`` option: it follows the scorer's device (where it ran is not a setting).
-DEVICE_OPTION = {"segmenter": ("sam",), "describer": ("hf",)}
-FIX_HINTS = {
-    "segmenter": "point at the segmenter's weights with --segmenter-override checkpoint=/path/to/sam_vit_h.pth "
-                 "(Python: segmenter_override={'checkpoint': ...}), or use --segmenter-override name=classical "
-                 "(scores then differ from training conditions)",
-    "describer": "point at a local model with --describer-override model=/path/to/Qwen2.5-VL-7B-Instruct "
-                 "(the vllm describer needs: pip install 'rsfiqa[vllm]'; Python: describer_override={'model': ...}), "
-                 "or use --describer-override name=measures (scores then differ from training conditions)",
-}
 
 
 class ScoringSetupError(RuntimeError):
@@ -154,26 +136,7 @@ def recorded_annotator(data: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     return annotator
 
 
-# --------------------------------------------------------------------------- annotator settings -> configs
-def annotator_config(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``build_segmenter``/``build_describer`` config from a component's recorded ``settings()``.
-
-    Drops :data:`RECORD_ONLY_KEYS` and ``device``; the MLLM describer records
-    ``{"name": "mllm", ..., "backend": {"backend": "vllm" | "hf", ...}}`` and is built from
-    ``{"name": "vllm" | "hf", <describer options>, <backend options>}``.
-    """
-    config = _options(settings)
-    if config.get("name") == "mllm":
-        backend = dict(config.pop("backend", None) or {})
-        name = backend.pop("backend", None)
-        config = {**config, **_options(backend), "name": name}
-    return config
-
-
-def _options(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in RECORD_ONLY_KEYS and k != "device"}
-
-
+# --------------------------------------------------------------------------- options
 def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
     """``["key=value", "a.b=1"]`` (values parsed as YAML) or a mapping -> a plain nested dict."""
     if items is None:
@@ -186,70 +149,12 @@ def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str
     return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)), resolve=True)
 
 
-def component_config(kind: str, recorded: Mapping[str, Any], override: Mapping[str, Any], num_regions: int,
-                     device: torch.device) -> dict[str, Any]:
-    """The config ``kind`` ("segmenter"/"describer") is built from: recorded settings <- override.
-
-    An override naming another component starts from that component's defaults (a warning says
-    the scores then differ from training conditions).
-    """
-    base = annotator_config(recorded)
-    if "name" in override and override["name"] != base.get("name"):
-        log.warning("%s %r replaces the checkpoint's %r: scores differ from training conditions",
-                    kind, override["name"], base.get("name"))
-        base = {}
-    config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(dict(override))))
-    if config.get("name") in DEVICE_OPTION[kind] and "device" not in override:
-        config["device"] = str(device)
-    if kind == "segmenter":
-        if config.setdefault("num_regions", num_regions) != num_regions:
-            raise ScoringSetupError(f"segmenter num_regions={config['num_regions']} but the model was trained "
-                                    f"with L={num_regions} regions")
-    return config
-
-
-def build_component(kind: str, config: Mapping[str, Any], recorded: Mapping[str, Any]) -> Segmenter | Describer:
-    """Build a segmenter/describer; a clear error naming what is missing and the override to use."""
-    build = build_segmenter if kind == "segmenter" else build_describer
+def scoring_device(device: str | torch.device) -> torch.device:
+    """:func:`rsfiqa_core.device.resolve_device`, its errors as :class:`ScoringSetupError`."""
     try:
-        component = build(config)
-    except (ImportError, OSError, ValueError, TypeError, RuntimeError) as err:
-        raise ScoringSetupError(f"the {kind} needed to score with this checkpoint cannot be built on this machine: "
-                                f"{type(err).__name__}: {err}\n  {kind} config: {config}\n  fix: {FIX_HINTS[kind]}"
-                                ) from err
-    current = component.settings()
-    differences = settings_differences(recorded, current) if current.get("name") == recorded.get("name") else []
-    if differences:
-        log.warning("%s settings differ from the training annotation (key: training -> now): %s; scores may "
-                    "differ from training conditions", kind, "; ".join(differences))
-    return component
-
-
-def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``"key: old -> new"`` for every (nested) setting that differs, ``device`` keys ignored."""
-    out = []
-    for key in sorted(set(recorded) | set(current)):
-        old, new = recorded.get(key), current.get(key)
-        if key == "device" or old == new:
-            continue
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            out += settings_differences(old, new, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return out
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise ScoringSetupError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ScoringSetupError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
-    return device
+        return resolve_device(device)
+    except ValueError as err:
+        raise ScoringSetupError(str(err)) from err
 
 
 # --------------------------------------------------------------------------- inputs
@@ -291,25 +196,21 @@ class _Annotated:
     index: int
     name: str
     rgb: np.ndarray
-    label_map: np.ndarray
-    regions: list[dict[str, Any]]
+    annotation: Annotation
 
 
 # --------------------------------------------------------------------------- the scorer
 class Scorer:
     """Segmenter + describer + trained RSFIQANet, ready to score images (see the module docstring)."""
 
-    def __init__(self, net: RSFIQANet, data: Mapping[str, Any], segmenter: Segmenter, describer: Describer,
-                 device: torch.device, image_settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, net: RSFIQANet, data: Mapping[str, Any], annotator: Annotator, device: torch.device,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.net = net.eval()
         self.data = dict(data)
-        self.segmenter = segmenter
-        self.describer = describer
+        self.annotator = annotator
         self.device = device
         self.scale = mos_scale(data)
-        image_settings = dict(image_settings or {})
-        self.max_pixels = image_settings.get("max_pixels", DEFAULT_MAX_PIXELS)
-        self.annotation_long_side = image_settings.get("downscale_long_side")
+        self.max_pixels = max_pixels
         self.image_size = transforms.as_size(data["image_size"])
 
     @classmethod
@@ -322,18 +223,22 @@ class Scorer:
         the recorded segmenter/describer configs. Raises :class:`ScoringSetupError` naming what
         is missing and the override that fixes it.
         """
-        device = resolve_device(device)
+        device = scoring_device(device)
         ckpt = read_checkpoint(path)
         data = ckpt["rsfiqa_data"]
-        scale = mos_scale(data)
-        annotator = recorded_annotator(data, scale.dataset)
-        components = {}
-        for kind, override in (("segmenter", segmenter_override), ("describer", describer_override)):
-            recorded = annotator.get(kind) or {}
-            config = component_config(kind, recorded, parse_overrides(override), int(data["num_regions"]), device)
-            components[kind] = build_component(kind, config, recorded)
+        record = recorded_annotator(data, mos_scale(data).dataset)
+        num_regions = int(data["num_regions"])
+        overrides = {"segmenter": parse_overrides(segmenter_override), "describer": parse_overrides(describer_override)}
+        try:
+            annotator = Annotator.from_record(record, overrides, {"segmenter": {"num_regions": num_regions}}, device)
+        except AnnotatorSetupError as err:
+            raise ScoringSetupError(f"{err}\n  fix: --{err.kind}-override KEY=VALUE (Python: {err.kind}_override="
+                                    f"{{'KEY': VALUE}})") from err
+        if annotator.segmenter.num_regions != num_regions:
+            raise ScoringSetupError(f"segmenter num_regions={annotator.segmenter.num_regions} but the model was "
+                                    f"trained with L={num_regions} regions")
         net = build_net(ckpt, device, str(path))
-        return cls(net, data, components["segmenter"], components["describer"], device, annotator.get("image"))
+        return cls(net, data, annotator, device, (record.get("image") or {}).get("max_pixels", DEFAULT_MAX_PIXELS))
 
     # ---------------------------------------------------------------- public API
     def score(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,
@@ -381,59 +286,37 @@ class Scorer:
             except ImageError as err:
                 results[index] = Scored(self.error_record(name, str(err)))
         annotated = []
-        for (index, name, rgb), outcome in zip(loaded, self._annotate([rgb for _, _, rgb in loaded])):
-            if isinstance(outcome, str):
-                results[index] = Scored(self.error_record(name, f"{name}: {outcome}"))
+        for (index, name, rgb), outcome in zip(loaded, self.annotator.annotate([rgb for _, _, rgb in loaded])):
+            if isinstance(outcome, Annotation):
+                annotated.append(_Annotated(index, name, rgb, outcome))
             else:
-                seg, descriptions = outcome
-                seg = resize_segmentation(seg, rgb.shape[:2])
-                annotated.append(_Annotated(index, name, rgb, seg.label_map, region_records(seg, descriptions)))
+                results[index] = Scored(self.error_record(name, f"{name}: annotation failed ({type(outcome.error).__name__}: {outcome.error})"))
         if annotated:
             for item, scored in zip(annotated, self._predict(annotated, attn_token, keep_arrays)):
                 results[item.index] = scored
         return [results[index] for index, _ in batch]
 
-    def _annotate(self, images: list[np.ndarray]) -> list[tuple[Segmentation, list[dict]] | str]:
-        """Segment and describe at the annotation resolution; when a batch fails, image by image,
-        so one image that breaks an annotator becomes that image's error (the reason kept)."""
-        small = [downscale(rgb, self.annotation_long_side) for rgb in images]
-        try:
-            segs = segment_images(self.segmenter, small)
-            return list(zip(segs, self.describer.describe(small, segs), strict=True))
-        except Exception:  # noqa: BLE001 -- re-run one by one below; each failure is reported with its reason
-            return [self._annotate_one(im) for im in small]
-
-    def _annotate_one(self, image: np.ndarray) -> tuple[Segmentation, list[dict]] | str:
-        try:
-            segs = segment_images(self.segmenter, [image])
-            return segs[0], self.describer.describe([image], segs)[0]
-        except Exception as err:  # noqa: BLE001 -- reported as this image's error, the run goes on
-            return f"annotation failed ({type(err).__name__}: {err})"
-
     def model_input(self, rgb: np.ndarray, label_map: np.ndarray,
                     regions: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """(image [3,H,W], label map [H,W], region_valid [L], texts) exactly as the data module's
-        evaluation reader builds them (``SampleReader.item``)."""
-        image, labels = transforms.to_model_input(*transforms.resize_pair(
-            rgb, label_map, self.image_size, self.data["resize_interpolation"]))
-        texts = [contract.region_text(r, self.data["text_parts"], self.data["text_dims"]) for r in regions]
-        valid = torch.tensor([bool(r.get("valid")) and t != "" for r, t in zip(regions, texts)])
-        return image, labels, valid, texts
+        """(image [3,H,W], label map [H,W], region_valid [L], texts) as evaluation reads them."""
+        return model_input(rgb, label_map, regions, self.image_size, self.data["resize_interpolation"],
+                           self.data["text_parts"], self.data["text_dims"])
 
     @torch.inference_mode()
     def _predict(self, items: list[_Annotated], attn_token: tuple[int, int] | None,
                  keep_arrays: bool) -> list[Scored]:
-        inputs = [self.model_input(item.rgb, item.label_map, item.regions) for item in items]
+        inputs = [self.model_input(item.rgb, item.annotation.label_map, item.annotation.regions) for item in items]
         images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
         texts = [x[3] for x in inputs]
         out = self.net.forward_features(images, labels, valid, texts, return_attn=attn_token is not None)
         attention = None if attn_token is None else token_attention(out["rsa_attn"], out["grid"], attn_token)
         scored = []
         for i, (item, score_norm) in enumerate(zip(items, out["score"].float().cpu().tolist())):
-            regions = [{**r, "text": t} for r, t in zip(item.regions, texts[i])]
+            regions = [{**r, "text": t} for r, t in zip(item.annotation.regions, texts[i])]
             record = {"image": item.name, "score": self.scale.to_mos(score_norm), "score_norm": score_norm,
                       "scale_dataset": self.scale.dataset, "regions": regions, "error": None}
-            scored.append(Scored(record, item.rgb if keep_arrays else None, item.label_map if keep_arrays else None,
+            scored.append(Scored(record, item.rgb if keep_arrays else None,
+                                 item.annotation.label_map if keep_arrays else None,
                                  None if attention is None else attention[i]))
         return scored
 

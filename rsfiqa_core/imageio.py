@@ -98,3 +98,32 @@ def load_rgb(path: str | Path, **kwargs: Any) -> tuple[np.ndarray, bytes, dict[s
         raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
     arr, info = decode_rgb(data, str(path), **kwargs)
     return arr, data, info
+
+
+def reduced_size(shape: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """(H, W) scaled so that the long side is at most ``long_side`` (never enlarged)."""
+    h, w = shape
+    if long_side is None or max(h, w) <= long_side:
+        return h, w
+    s = long_side / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def downscale(image: np.ndarray, long_side: int | None) -> np.ndarray:
+    """RGB uint8 image resized (area-averaged) so that its long side is at most ``long_side``."""
+    h, w = reduced_size(image.shape[:2], long_side)
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BOX), dtype=np.uint8)
+
+
+def check_rgb(image: np.ndarray) -> None:
+    """Raise a clear error unless ``image`` is an HxWx3 uint8 array."""
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {type(image).__name__} "
+                         f"{getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}")
+
+
+def printable(name: str) -> str:
+    """``name`` safe to print and to store as UTF-8 (undecodable bytes shown as ``\\udcXX``)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")

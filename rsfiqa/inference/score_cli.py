@@ -1,4 +1,4 @@
-"""``rsfiqa score PATH [PATH ...] --ckpt CKPT``: score images end to end (:mod:`rsfiqa.scorer`).
+"""``rsfiqa score PATH [PATH ...] --ckpt CKPT``: score images end to end (:mod:`rsfiqa.inference.scorer`).
 
 Inputs. Each PATH is a file (scored whatever its name), a folder (searched recursively for the
 image extensions of ``contract.IMAGE_EXTS``, case-insensitive) or a glob pattern (``**`` allowed;
@@ -10,7 +10,7 @@ scored appear only on stderr.
 
 * ``.csv``: one row per image with columns ``image, score, score_norm, scale_dataset, regions``
   (+ ``heatmap`` with ``--heatmap``); ``regions`` is the JSON list of the image's region records.
-* ``.json``: a list of the records of :meth:`rsfiqa.scorer.Scorer.score` (regions nested).
+* ``.json``: a list of the records of :meth:`rsfiqa.inference.scorer.Scorer.score` (regions nested).
 
 ``score`` is on the MOS scale of the checkpoint's (first) training dataset, named in
 ``scale_dataset``; ``score_norm`` is the network's raw normalised prediction (not clipped).
@@ -33,9 +33,9 @@ from typing import Any, Iterable, Sequence, TextIO
 
 from tqdm import tqdm
 
-from rsfiqa import contract
-from rsfiqa.heatmap import render_heatmap
-from rsfiqa.scorer import DEFAULT_BATCH_SIZE, Scored, Scorer, ScoringSetupError
+from rsfiqa.inference.heatmap import render_heatmap
+from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, Scored, Scorer, ScoringSetupError
+from rsfiqa_core import contract
 
 PROG = "rsfiqa score"
 EXIT_OK, EXIT_SETUP, EXIT_SOME_FAILED = 0, 1, 2
@@ -218,15 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
-    logger = logging.getLogger("rsfiqa")
-    logger.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in ("rsfiqa", "annotate")]  # the scorer's and its annotator's
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         return run(args)
     except ScoringSetupError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_SETUP
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 if __name__ == "__main__":

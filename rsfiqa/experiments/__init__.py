@@ -1,0 +1,1 @@
+"""Protocols run over the ``rsfiqa`` command: 10 random splits, the paper's ablations, RSA probes."""
