@@ -27,7 +27,7 @@ import torch
 
 import benchutil
 from rsfiqa_core.device import resolve_device
-from rsfiqa.model import RSFIQANet
+from rsfiqa.model import NetConfig, RSFIQANet
 
 REGION_COUNTS = (3, 4, 5, 6)
 TARGET_RATIO = 1.5
@@ -70,8 +70,8 @@ def measure_L(num_regions: int, bare: RSFIQANet, args: argparse.Namespace, devic
               steps: int, batch_steps: int, warmup: int) -> dict[str, float]:
     """Batch-1 ms/image (median and fastest) and batch-N images/s of bare, full warm and full cold
     at this L."""
-    full = RSFIQANet(**benchutil.backbone_kwargs(args.backbone, args.image_size), num_regions=num_regions,
-                     text_encoder=args.text, freeze_text=True).to(device).eval()
+    full = RSFIQANet(NetConfig(**benchutil.backbone_kwargs(args.backbone, args.image_size), num_regions=num_regions,
+                               text_encoder=args.text, freeze_text=True)).to(device).eval()
     out: dict[str, float] = {}
     for batch, n in ((1, steps), (args.batch, batch_steps)):
         calls = {"bare": inference_fn(bare, batch, args.image_size, device, args.bf16),
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> dict[int, dict[str, float]]:
     steps, batch_steps, warmup = ((min(args.steps, 3), min(args.batch_steps, 2), min(args.warmup, 1))
                                   if args.quick else (args.steps, args.batch_steps, args.warmup))
     torch.manual_seed(0)
-    bare = RSFIQANet(**benchutil.backbone_kwargs(args.backbone, args.image_size), num_regions=max(args.regions),
-                     **benchutil.BARE).to(device).eval()
+    bare = RSFIQANet(NetConfig(**benchutil.backbone_kwargs(args.backbone, args.image_size),
+                               num_regions=max(args.regions), **benchutil.BARE)).to(device).eval()
     results = {L: measure_L(L, bare, args, device, steps, batch_steps, warmup) for L in args.regions}
     settings = {"backbone": args.backbone, "image_size": args.image_size, "batch": f"1 and {args.batch}",
                 "bf16": args.bf16, "steps": f"{steps} (batch 1) / {batch_steps} (batch {args.batch})",

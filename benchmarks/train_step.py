@@ -2,7 +2,7 @@
 
 One step = forward + MSE loss (eq. 11) + backward + AdamW. Variants, same backbone, batch, device:
 
-* ``bare``: the paper's baseline row, ``RSFIQANet(use_mhf=False, use_text=False, use_rsa=False,
+* ``bare``: the paper's baseline row, ``NetConfig(use_mhf=False, use_text=False, use_rsa=False,
   head_self_attn=False)`` (backbone + pooled multi-level features + MLP head);
 * ``full, frozen text (warm cache)``: the full model with its frozen text tower; the region texts
   repeat every step, as they repeat every epoch, so after the first step the embeddings come from
@@ -20,7 +20,6 @@ One step = forward + MSE loss (eq. 11) + backward + AdamW. Variants, same backbo
 from __future__ import annotations
 
 import argparse
-import inspect
 import re
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 import benchutil
 from rsfiqa_core.device import resolve_device
-from rsfiqa.model import RSFIQANet
+from rsfiqa.model import NetConfig, RSFIQANet
 
 NUM_REGIONS = 5
 DEFAULT_BATCH, DEFAULT_SIZE = 16, 384
@@ -72,15 +71,29 @@ def resolve_interpolations(node: object, root: dict) -> object:
     return node
 
 
-def config_model(path: str) -> tuple[dict, int, int]:
-    """(RSFIQANet kwargs with a random-init text tower, batch size, image size) of a training config."""
+def merged(base: dict, overlay: dict) -> dict:
+    """``overlay`` over ``base``, nested mappings merged key by key (as LightningCLI merges configs)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config(file: Path) -> dict:
+    """A YAML config with the file its ``config:`` key names (relative to it) underneath, interpolations
+    resolved per file, as jsonargparse reads it."""
     import yaml  # PyYAML (a timm dependency); omegaconf is absent on the GPU image
 
-    file = Path(path) if Path(path).is_file() else REPO_ROOT / path
     raw = yaml.safe_load(file.read_text())
+    base = raw.pop("config", None)
     cfg = resolve_interpolations(raw, raw)
-    net_args = set(inspect.signature(RSFIQANet.__init__).parameters) - {"self"}
-    kwargs = {k: v for k, v in cfg["model"].items() if k in net_args}
+    return cfg if base is None else merged(read_config(file.parent / base), cfg)
+
+
+def config_model(path: str) -> tuple[dict, int, int]:
+    """(RSFIQANet kwargs with a random-init text tower, batch size, image size) of a training config."""
+    cfg = read_config(Path(path) if Path(path).is_file() else REPO_ROOT / path)
+    kwargs = dict(cfg["model"]["net"])
     kwargs.update(text_pretrained=None, num_regions=cfg["data"]["num_regions"])
     return kwargs, int(cfg["data"]["batch_size"]), int(cfg["data"]["image_size"])
 
@@ -118,10 +131,10 @@ def build_variants(args: argparse.Namespace) -> tuple[dict[str, RSFIQANet], int,
         backbone = benchutil.backbone_kwargs(args.backbone, size)
         full_kwargs = {**backbone, "num_regions": NUM_REGIONS, "text_encoder": args.text}
     torch.manual_seed(0)
-    variants = {"bare": RSFIQANet(**backbone, num_regions=full_kwargs["num_regions"], **benchutil.BARE)}
-    variants["full, frozen text (warm cache)"] = RSFIQANet(**{**full_kwargs, "freeze_text": True})
+    variants = {"bare": RSFIQANet(NetConfig(**backbone, num_regions=full_kwargs["num_regions"], **benchutil.BARE))}
+    variants["full, frozen text (warm cache)"] = RSFIQANet(NetConfig(**{**full_kwargs, "freeze_text": True}))
     if not args.no_unfrozen:
-        variants["full, trainable text"] = RSFIQANet(**{**full_kwargs, "freeze_text": False})
+        variants["full, trainable text"] = RSFIQANet(NetConfig(**{**full_kwargs, "freeze_text": False}))
     return variants, batch, size
 
 

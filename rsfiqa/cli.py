@@ -3,8 +3,10 @@
 
 Configs are YAML parsed in OmegaConf mode, so a config may interpolate its own values (for
 example ``img_size: ${data.image_size}``); interpolations are resolved when the file is read, so
-command-line overrides do not propagate through them. ``data.num_regions`` is linked to
-``model.num_regions`` (set L once, under ``data``). Default callbacks, each configurable under its
+command-line overrides do not propagate through them. A config whose top-level ``config:`` key names
+another file (relative to it) is an overlay: that base is read first (``configs/swin.yaml`` over
+``configs/paper.yaml``). ``data.num_regions`` is linked to
+``model.net.num_regions`` (set L once, under ``data``). Default callbacks, each configurable under its
 own key: ``checkpoint`` (ModelCheckpoint on val SRCC, max), ``last_checkpoint`` (``last.ckpt``
 rewritten after every epoch, for ``--ckpt_path`` resumption: Lightning's own ``save_last`` only
 refreshes it when a new best is saved), ``early_stopping``
@@ -25,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -80,7 +83,7 @@ class RSFIQACLI(LightningCLI):
     """LightningCLI with RSFIQA's callbacks, loggers and argument links."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_regions", "model.num_regions")
+        parser.link_arguments("data.num_regions", "model.net.num_regions")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
@@ -103,7 +106,7 @@ class RSFIQACLI(LightningCLI):
         share_logger_version(config.get("trainer", {}).get("logger"))
         if config.get("ckpt_path"):
             # the checkpoint holds the trained backbone: do not fetch ImageNet weights first
-            config.model.pretrained = None
+            config.model.net.pretrained = None
         if self.subcommand == "test":
             use_one_device(config.trainer)
 
@@ -166,6 +169,26 @@ def main(args: list[str] | None = None) -> Any:
     return result if args is not None or isinstance(result, int) else None
 
 
+def base_configs(path: Path) -> list[Path]:
+    """The files a config's top-level ``config:`` key names (relative to it), base first, recursively."""
+    if not path.is_file():
+        return []
+    base = (yaml.safe_load(path.read_text()) or {}).get("config")
+    return [] if not isinstance(base, str) else [*base_configs(path.parent / base), path.parent / base]
+
+
+def with_base_configs(argv: list[str]) -> list[str]:
+    """Every ``--config FILE`` preceded by ``--config BASE`` for the bases FILE names (``config: paper.yaml``)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2] if arg.startswith(
+            "--config=") else None
+        if path is not None:
+            out += [x for base in base_configs(Path(path)) for x in ("--config", str(base))]
+        out.append(arg)
+    return out
+
+
 def run_command(args: list[str] | None) -> Any:
     """Dispatch to an extra command or the LightningCLI; ``args=None`` reads ``sys.argv``."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -176,7 +199,8 @@ def run_command(args: list[str] | None) -> Any:
             run_cli(["--help"] if args is not None or not argv else None)
         finally:
             print("\n" + extra_commands_help())
-    return run_cli(None if args is None else argv)
+    expanded = with_base_configs(argv)
+    return run_cli(None if args is None and expanded == argv else expanded)
 
 
 if __name__ == "__main__":

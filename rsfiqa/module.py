@@ -13,7 +13,7 @@ training metrics cover disjoint samples and are synchronised.
 """
 from __future__ import annotations
 
-import inspect
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -24,10 +24,9 @@ from torchmetrics import MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from rsfiqa.model.feature_cache import FeatureCache, TextCache
-from rsfiqa.model.net import RSFIQANet
+from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa_core import contract
 
-NET_ARGS = tuple(p for p in inspect.signature(RSFIQANet.__init__).parameters if p != "self")
 METRIC_NAMES = ("plcc", "srcc", "krcc", "rmse")
 
 
@@ -42,9 +41,9 @@ def quality_metrics(prefix: str, sync: bool) -> MetricCollection:
 class RSFIQAModule(LightningModule):
     """RSFIQANet plus loss, metrics and optimiser.
 
-    The arguments up to ``img_size`` are :class:`rsfiqa.model.net.RSFIQANet`'s, passed through.
-
     Args:
+        net: the network's options (:class:`~rsfiqa.model.net.NetConfig`; a mapping of them is accepted,
+            as checkpoints store it under ``hyper_parameters["net"]``).
         lr: AdamW learning rate (paper: 3e-5); the fusion/RSA/head parameters always use it.
         weight_decay: AdamW weight decay (paper: 1e-5).
         t_max: cosine annealing period in epochs (paper: 50).
@@ -59,26 +58,7 @@ class RSFIQAModule(LightningModule):
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
-        pretrained: bool | str | None = None,
-        num_regions: int = 5,
-        embed_dim: int = 256,
-        num_heads: int = 4,
-        use_mhf: bool = True,
-        use_text: bool = True,
-        use_rsa: bool = True,
-        rsa_hard_mask: bool = False,
-        rsa_norm: str = "none",
-        text_encoder: str = "clip",
-        text_model: str = "ViT-B-32",
-        text_pretrained: str | None = None,
-        freeze_text: bool = True,
-        freeze_backbone: bool = False,
-        out_indices: tuple[int, ...] | None = None,
-        head_self_attn: bool = True,
-        pool: str = "mean",
-        dropout: float = 0.1,
-        img_size: int | None = None,
+        net: NetConfig = NetConfig(),
         lr: float = 3e-5,
         weight_decay: float = 1e-5,
         t_max: int = 50,
@@ -89,12 +69,14 @@ class RSFIQAModule(LightningModule):
         feature_cache_dtype: str = "float16",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.net = RSFIQANet(**{name: self.hparams[name] for name in NET_ARGS})
+        net = net if isinstance(net, NetConfig) else NetConfig(**net)
+        self.save_hyperparameters(ignore=["net"])
+        self.hparams["net"] = asdict(net)  # plain data: checkpoints load with weights_only=True
+        self.net = RSFIQANet(net)
         self.feature_cache = self.text_cache = None
         if feature_cache is not None:
             self.feature_cache = FeatureCache(feature_cache, self.net.backbone, feature_cache_dtype).attach()
-            if self.net.text_encoder is not None and freeze_text:
+            if self.net.text_encoder is not None and net.freeze_text:
                 self.text_cache = TextCache(feature_cache, self.net.text_encoder).attach()
         self.train_metrics = quality_metrics("train/", sync=True)
         self.val_metrics = quality_metrics("val/", sync=False)

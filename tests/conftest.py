@@ -97,5 +97,5 @@ def tiny_model_args() -> list[str]:
     """``rsfiqa`` CLI options for the tiny model."""
     args = []
     for key, value in TINY_MODEL.items():
-        args += [f"--model.{key}", "null" if value is None else str(value)]
+        args += [f"--model.net.{key}", "null" if value is None else str(value)]
     return args

@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent('''
     from lightning.pytorch import Callback, Trainer
 
     from rsfiqa.data.datamodule import ShardDataModule
+    from rsfiqa.model.net import NetConfig
     from rsfiqa.module import RSFIQAModule
 
 
@@ -55,7 +56,8 @@ SCRIPT = textwrap.dedent('''
     if __name__ == "__main__":
         shards, out, world, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
         torch.set_num_threads(1)
-        model = RSFIQAModule(backbone="test_efficientnet", embed_dim=16, num_heads=2, text_encoder="minilm")
+        model = RSFIQAModule(NetConfig(backbone="test_efficientnet", embed_dim=16, num_heads=2,
+                                       text_encoder="minilm"))
         data = ShardDataModule(train_shards=shards, image_size=32, batch_size=batch, num_workers=0)
         trainer = Trainer(accelerator="cpu", devices=world, strategy="ddp", max_epochs=2, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -38,7 +38,7 @@ def tiny_config(tiny_model: dict) -> dict:
     return {"seed_everything": 0,
             "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "log_every_n_steps": 1,
                         "enable_progress_bar": False, "enable_model_summary": False},
-            "model": {**tiny_model, "lr": 1e-3},
+            "model": {"net": dict(tiny_model), "lr": 1e-3},
             "data": {"image_size": 64, "batch_size": 4}}
 
 
@@ -188,7 +188,7 @@ def test_splits_auto_prefers_official_then_seed_tags_in_numeric_order(tmp_path):
 @pytest.mark.slow
 def test_ablate_runs_each_config_over_the_splits_into_one_table(setup, tmp_path):
     no_text = tmp_path / "no_text.yaml"
-    no_text.write_text("# without region text\nmodel:\n  use_text: false\n")
+    no_text.write_text("# without region text\nmodel:\n  net:\n    use_text: false\n")
     answer = tmp_path / "answer.yaml"
     answer.write_text("# every description is Answer.\ndata:\n  text_parts: []\n")
     template = setup.shards.replace("synth_L5", "synth_L{num_regions}")
@@ -209,7 +209,7 @@ def test_ablate_runs_each_config_over_the_splits_into_one_table(setup, tmp_path)
 def test_shard_template_takes_num_regions_from_the_configs(tmp_path):
     base, overlay = tmp_path / "base.yaml", tmp_path / "o.yaml"
     base.write_text("data:\n  num_regions: 4\n")
-    overlay.write_text("model:\n  use_rsa: false\n")
+    overlay.write_text("model:\n  net:\n    use_rsa: false\n")
     assert ablate.shard_dir("shards/koniq_L{num_regions}", [str(base), str(overlay)]) == "shards/koniq_L4"
     assert ablate.shard_dir("shards/koniq_L{num_regions}", [str(overlay)]) == "shards/koniq_L5"  # the default
     with pytest.raises(splits.SplitError, match="only {num_regions}"):
@@ -218,9 +218,11 @@ def test_shard_template_takes_num_regions_from_the_configs(tmp_path):
 
 @pytest.mark.parametrize("overlay", ABLATIONS, ids=[p.stem for p in ABLATIONS])
 def test_shipped_ablation_overlays_only_set_keys_of_the_paper_config(overlay):
-    base = yaml.safe_load((REPO / "configs" / "swin.yaml").read_text())
-    for section, values in yaml.safe_load(overlay.read_text()).items():
-        assert set(values) <= set(base[section]), f"{overlay.name}: unknown {section} keys"
+    def keys(tree: dict, prefix: str = "") -> set[str]:
+        return {k for key, v in tree.items()
+                for k in (keys(v, f"{prefix}{key}.") if isinstance(v, dict) else {f"{prefix}{key}"})}
+    unknown = keys(yaml.safe_load(overlay.read_text())) - keys(yaml.safe_load((REPO / "configs" / "paper.yaml").read_text()))
+    assert not unknown, f"{overlay.name}: keys the paper config does not have: {unknown}"
     assert ablate.config_description(overlay).startswith(("Table", "Full RSFIQA"))
 
 

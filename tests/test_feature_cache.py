@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from rsfiqa.model.backbone import Backbone
 from rsfiqa.model.feature_cache import FeatureCache, TextCache, input_digest
 from rsfiqa.model.text import TextEncoder
+from rsfiqa.model.net import NetConfig
 from rsfiqa.module import RSFIQAModule
 
 torch.set_num_threads(1)
@@ -85,15 +86,15 @@ def test_loading_weights_recomputes_the_namespace(tmp_path):
 
 def test_a_trainable_backbone_is_refused(tmp_path):
     with pytest.raises(ValueError, match="freeze_backbone=True"):
-        RSFIQAModule(**{**TINY, "freeze_backbone": False}, feature_cache=str(tmp_path))
+        RSFIQAModule(NetConfig(**{**TINY, "freeze_backbone": False}), feature_cache=str(tmp_path))
     with pytest.raises(ValueError, match="store_dtype"):
         FeatureCache(tmp_path, frozen_backbone(), "int8")
 
 
 def test_cached_and_uncached_modules_give_the_same_loss_and_gradients(tmp_path):
     torch.manual_seed(0)
-    plain = RSFIQAModule(**TINY)
-    cached = RSFIQAModule(**TINY, feature_cache=str(tmp_path), feature_cache_dtype="float32")
+    plain = RSFIQAModule(NetConfig(**TINY))
+    cached = RSFIQAModule(NetConfig(**TINY), feature_cache=str(tmp_path), feature_cache_dtype="float32")
     cached.load_state_dict(plain.state_dict())
     assert cached.state_dict().keys() == plain.state_dict().keys()
     data = batch()

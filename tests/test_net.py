@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsfiqa.model import MHF, PlainFusion, RegionSemanticAttention, RSFIQANet, TextCrossFusion, TextEncoder
+from rsfiqa.model import MHF, NetConfig, PlainFusion, RegionSemanticAttention, RSFIQANet, TextCrossFusion, TextEncoder
 
 torch.set_num_threads(1)  # the CI machine's cores are shared: one thread avoids oversubscription stalls
 
@@ -26,7 +26,7 @@ def batch(n: int = 2, seed: int = 0):
 
 def net(**switches) -> RSFIQANet:
     torch.manual_seed(0)
-    return RSFIQANet(**{**SMALL, **switches}).eval()
+    return RSFIQANet(NetConfig(**{**SMALL, **switches})).eval()
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -34,7 +34,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_every_trainable_parameter_gets_a_finite_gradient() -> None:
-    model = RSFIQANet(**SMALL).train()  # text encoder frozen, backbone trainable
+    model = RSFIQANet(NetConfig(**SMALL)).train()  # text encoder frozen, backbone trainable
     model(*batch()).sum().backward()
     groups = model.param_groups()
     assert groups["text"] == [] and groups["backbone"] and groups["head"]
@@ -142,7 +142,7 @@ def test_bf16_autocast_forward_is_finite() -> None:
 
 def test_sixteen_samples_can_be_overfit() -> None:
     torch.manual_seed(0)
-    model = RSFIQANet(**SMALL, dropout=0.0).train()
+    model = RSFIQANet(NetConfig(**SMALL, dropout=0.0)).train()
     images, label_map, valid, texts = batch(16, seed=1)
     targets = torch.rand(16, generator=torch.Generator().manual_seed(2))
     optimiser = torch.optim.Adam([p for g in model.param_groups().values() for p in g], lr=1e-3)

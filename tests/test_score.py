@@ -266,6 +266,16 @@ def test_missing_vllm_names_the_extra_and_the_describer_override(checkpoint, pho
 
 
 @pytest.mark.slow
+def test_checkpoints_with_the_earlier_flat_hyperparameters_still_score(checkpoint, photos, tmp_path):
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    ckpt["hyper_parameters"] = {**hp.pop("net"), **hp}  # the layout before NetConfig
+    torch.save(ckpt, tmp_path / "flat.ckpt")
+    image = photos / "1001.png"
+    assert Scorer.from_checkpoint(tmp_path / "flat.ckpt").score([image]) == Scorer.from_checkpoint(checkpoint).score([image])
+
+
+@pytest.mark.slow
 def test_setup_errors_exit_1(checkpoint, photos, tmp_path, capsys):
     assert run_score([str(tmp_path / "none.jpg"), "--ckpt", str(checkpoint)], capsys)[0] == 1  # nothing to score
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(tmp_path / "no.ckpt")], capsys)

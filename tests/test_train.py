@@ -60,7 +60,7 @@ def test_fit_writes_one_run_dir_with_checkpoints_metrics_and_data_settings(train
     assert data["datasets"]["synth"]["annotator"]["segmenter"] == {"name": "synthetic"}
     assert data["image_size"] == [64, 64] and data["num_regions"] == 5
     assert data["text_parts"] == ["content", "level", "score"]
-    assert ckpt["hyper_parameters"]["num_regions"] == 5
+    assert ckpt["hyper_parameters"]["net"]["num_regions"] == 5
 
 
 @pytest.mark.slow
@@ -114,11 +114,11 @@ def test_evaluating_a_checkpoint_does_not_load_backbone_weights_first(trained, t
     evaluation must not need it: the trained weights come from the checkpoint."""
     run_dir, args = trained
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    ckpt["hyper_parameters"]["pretrained"] = str(tmp_path / "deleted-imagenet-weights.pth")
+    ckpt["hyper_parameters"]["net"]["pretrained"] = str(tmp_path / "deleted-imagenet-weights.pth")
     moved = tmp_path / "moved.ckpt"
     torch.save(ckpt, moved)
     result = cli.main(["validate", *args, "--ckpt_path", str(moved), "--trainer.logger", "false"])
-    assert result.model.hparams.pretrained is None
+    assert result.model.net.config.pretrained is None
     assert math.isfinite(float(result.trainer.callback_metrics["val/srcc"]))
 
 

