@@ -12,11 +12,11 @@
    with its reason and the run goes on; how the file was read (Pillow mode, frame count) is kept
    in the record's ``image_info``, and an animated image (first frame used) also in the summary's
    ``notes``;
-5. segment, describe (``batch_size`` images at a time), build the contract record with the
-   region texts, and write the original bytes + label map + record to the part's shards. When
-   the segmenter or describer raises on a batch, the batch is redone image by image: an image
-   that fails alone is skipped (stage ``segment`` / ``describe``, the exception in the reason)
-   and the others go on. :data:`MAX_FAILURES_IN_A_ROW` such failures in a row end the run with
+5. segment, describe (``batch_size`` images at a time, :class:`annotate.api.Annotator`), build the
+   contract record with the region texts, and write the original bytes + label map + record to the
+   part's shards. When the segmenter or describer raises on a batch, the batch is redone image by
+   image: an image that fails alone is skipped (stage ``segment`` / ``describe``, the exception in
+   the reason) and the others go on. :data:`MAX_FAILURES_IN_A_ROW` such failures in a row end the run with
    an :class:`~annotate.config.AnnotateError` (a broken set-up, not bad images); the unfinished
    shard is dropped and a rerun resumes;
 6. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +20,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from rsfiqa_core.contract import DIMENSIONS, region_text
 from rsfiqa.model.text import TextEncoder
+from rsfiqa_core.contract import DIMENSIONS, region_text
+from rsfiqa_core.tars import tar_members
 
 ALPHAS = np.logspace(-3, 4, 15)
 FOLDS = 5
@@ -31,8 +31,7 @@ FOLDS = 5
 def read_records(shards: Path) -> list[dict]:
     records = []
     for tar in sorted(shards.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            records += [json.load(tf.extractfile(m)) for m in tf.getmembers() if m.name.endswith(".json")]
+        records += [json.loads(read()) for _, ext, read in tar_members(str(tar)) if ext == "json"]
     if not records:
         raise SystemExit(f"{shards}: no annotated samples (*.tar with .json records)")
     return records
