@@ -15,7 +15,7 @@ PART ?= 0/1
 # extra `key=value` config overrides for annotate, e.g. ARGS='segmenter.checkpoint=/ckpt/sam_vit_h.pth'
 ARGS ?=
 
-.PHONY: install test test-fast demo annotate bench clean
+.PHONY: install test test-fast demo model annotate bench clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m demo
+
+# Retrain a shipped model (rsfiqa/weights/) from clive-dev minus the demo photos, seed 0.
+CLIVE ?= ../shared/data/clive-dev
+MODEL ?= clive-offline
+model: $(STAMP)
+	$(BIN)/python scripts/make_model.py --clive $(CLIVE) --name $(MODEL)
 
 annotate: $(STAMP)
 	$(BIN)/python -m annotate --dataset $(DATASET) --root $(ROOT) --out $(OUT) --config $(CONFIG) --part $(PART) $(ARGS)

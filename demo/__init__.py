@@ -1,17 +1,17 @@
-"""The RSFIQA demo (``make demo`` / ``python -m demo``): the whole pipeline on 48 real CLIVE photos.
+"""The RSFIQA demo (``make demo`` / ``python -m demo``): 48 real CLIVE photos, two parts.
 
-Four steps, each through the project's own entry points, then a summary:
+**The result.** Step 1 scores the bundled photos with the shipped model (``rsfiqa score``, no
+training; the model never saw these photos) and prints its PLCC/SRCC against their MOS, with
+``scores.csv``, one heatmap per photo, a scatter plot and an HTML report.
 
-1. **annotate** ``demo/data`` with the offline annotator (``python -m annotate``: classical
-   segmenter, eq. 5, and the signal-measure describer) into ``OUT/shards``; resumable, so a rerun
-   reuses the finished shards;
-2. **train** on split ``seed0`` (``rsfiqa fit --config configs/cpu.yaml --config configs/demo.yaml``);
-3. **test** the best checkpoint (highest validation SRCC) on the split's test photos (``rsfiqa
-   test``): PLCC, SRCC, KRCC, RMSE, ``results.csv``/``results.md`` and a scatter plot;
-4. **score** every photo end to end (``rsfiqa score``): ``scores.csv`` and one heatmap PNG each.
+**The pipeline check ("train your own").** Steps 2-4 run the whole training pipeline on the same
+photos through the project's own entry points: annotate (``python -m annotate``, offline
+annotator), train on split ``seed0`` (``rsfiqa fit --config configs/cpu.yaml --config
+configs/demo.yaml``) and test the best checkpoint (``rsfiqa test``). 48 photos are far too few to
+train a model: these numbers only show that every step works.
 
 A step that fails stops the demo with a message naming it (exit status 1). ``--quick`` runs the
-same steps on 12 photos with a tiny input size and one epoch (what the test suite checks).
+same steps on 12 photos with a tiny training input size and one epoch (what the test suite checks).
 """
 from demo.cli import main
 

@@ -38,7 +38,8 @@ from rsfiqa.predictions import PredictionWriter
 
 # name -> ("module:function" called with the remaining arguments, one-line description)
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("rsfiqa.inference.score_cli:main", "Score images or a folder of images with a trained checkpoint."),
+    "score": ("rsfiqa.inference.score_cli:main", "Score images or a folder of images (shipped model, or --ckpt)."),
+    "models": ("rsfiqa.inference.models_command:main", "List the shipped models and their measured accuracy."),
     "splits": ("rsfiqa.experiments.splits:main", "Train and test over the 10 random splits; report mean and std."),
     "ablate": ("rsfiqa.experiments.ablate:main", "Run the paper's ablation configs (Tables 3-6) and tabulate them."),
     "probe": ("rsfiqa.experiments.rsa_probe:main", "RSA diagnostics of a trained split: bias scale, test SRCC without "

@@ -49,14 +49,16 @@ def quick_demo(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 def test_quick_demo_prints_every_output_and_each_exists(quick_demo):
     proc, out = quick_demo
     outputs = printed_outputs(proc.stdout)
-    assert set(outputs) == {"shards index", "checkpoint", "training logs (TensorBoard, metrics.csv, curves.png)",
-                            "results table", "results table (markdown)", "scatter plot", "scores", "heatmaps folder"}
+    assert set(outputs) == {"report (open in a browser)", "scores", "scatter plot (shipped model)", "heatmaps folder",
+                            "shards index", "checkpoint", "training logs (TensorBoard, metrics.csv, curves.png)",
+                            "results table", "results table (markdown)", "scatter plot"}
     for label, paths in outputs.items():
         for path in paths:
             assert path.exists(), f"{label}: {path} is printed but missing"
             assert out in path.parents, f"{label}: {path} is outside --out {out}"
-    for step in ("annotate", "train", "test", "score"):
+    for step in ("score", "annotate", "train", "test"):
         assert f"{step} done in" in proc.stdout
+    assert proc.stdout.index("[1/4] score") < proc.stdout.index("[2/4] annotate"), "the result comes first"
 
 
 def test_quick_demo_outputs_hold_what_they_should(quick_demo):
@@ -78,14 +80,31 @@ def test_quick_demo_outputs_hold_what_they_should(quick_demo):
     photos = sorted(p.name for p in (out / "photos" / "images").iterdir())
     assert len(photos) == QUICK_PHOTOS
     assert sorted(Path(r["image"]).name for r in scores) == photos, "one row per scored photo"
-    assert all(math.isfinite(float(r["score"])) and r["scale_dataset"] == "clive-demo" for r in scores)
+    assert all(math.isfinite(float(r["score"])) and r["scale_dataset"] == "clive" for r in scores)
     heatmaps = sorted(outputs["heatmaps folder"][0].glob("*.png"))
     assert [p.stem for p in heatmaps] == sorted(Path(p).stem for p in photos)
     assert {Path(r["heatmap"]) for r in scores} == set(heatmaps)
 
 
+def test_quick_demo_leads_with_the_shipped_model_on_photos_it_never_saw(quick_demo):
+    """Step 1 scores with the shipped model (no training) and prints its PLCC/SRCC against the MOS."""
+    proc, out = quick_demo
+    outputs = printed_outputs(proc.stdout)
+    scores = read_rows(outputs["scores"][0])
+    labels = {r["image"]: float(r["mos"]) for r in read_rows(out / "photos" / "labels.csv")}
+    assert {Path(r["image"]).name: float(r["mos"]) for r in scores} == labels
+    assert all(r["scale_dataset"] == "clive" for r in scores), "the shipped model's scale, not the demo's"
+    from rsfiqa.inference.report import correlations
+    metrics = correlations([float(r["mos"]) for r in scores], [float(r["score"]) for r in scores])
+    result_line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    assert f"SRCC {metrics['srcc']:.3f}  PLCC {metrics['plcc']:.3f}" in result_line
+    assert f"on {QUICK_PHOTOS} photos it never saw" in result_line
+    page = outputs["report (open in a browser)"][0].read_text()
+    assert page.count('class="card"') == QUICK_PHOTOS and "SRCC" in page
+
+
 def test_a_failing_step_stops_the_demo_naming_it(tmp_path, monkeypatch, capsys):
-    """Two labelled photos, one of them missing: annotation writes one, and the demo stops there."""
+    """Two labelled photos, one of them missing: scoring finds one, and the demo stops there."""
     monkeypatch.syspath_prepend(str(REPO))
     import demo
     from demo import run
@@ -102,5 +121,5 @@ def test_a_failing_step_stops_the_demo_naming_it(tmp_path, monkeypatch, capsys):
 
     assert demo.main(["--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "demo: error: step 1/4 (annotate) failed" in err and "holds 1 annotated photos" in err
-    assert not (tmp_path / "out" / "runs").exists(), "no later step ran"
+    assert "demo: error: step 1/4 (score) failed" in err and "has 1 rows for 2 photos" in err
+    assert not (tmp_path / "out" / "shards").exists(), "no later step ran"

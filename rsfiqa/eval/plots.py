@@ -27,7 +27,12 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def scatter_plot(mos: Sequence[float], pred: Sequence[float], title: str, path: Path) -> Path:
-    """Predicted vs true MOS (both on the dataset's own scale), with the identity line."""
+    """Predicted vs true MOS (both on the dataset's own scale), with the identity line, as a PNG."""
+    return _save(scatter_figure(mos, pred, title), path)
+
+
+def scatter_figure(mos: Sequence[float], pred: Sequence[float], title: str) -> Figure:
+    """The figure of :func:`scatter_plot`."""
     fig = Figure(figsize=(4.5, 4.5), dpi=120)
     ax = fig.add_subplot()
     ax.scatter(mos, pred, s=8, alpha=0.6, edgecolors="none")
@@ -38,7 +43,7 @@ def scatter_plot(mos: Sequence[float], pred: Sequence[float], title: str, path: 
     ax.set_ylabel("predicted MOS")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def epoch_series(metrics_csv: Path, columns: Sequence[str]) -> dict[str, dict[int, float]]:

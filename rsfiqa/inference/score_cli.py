@@ -1,4 +1,5 @@
-"""``rsfiqa score PATH [PATH ...] --ckpt CKPT``: score images end to end (:mod:`rsfiqa.inference.scorer`).
+"""``rsfiqa score PATH [PATH ...] [--model NAME | --ckpt CKPT]``: score images end to end
+(:mod:`rsfiqa.inference.scorer`) with a shipped model (default) or a trained checkpoint.
 
 Inputs. Each PATH is a file (scored whatever its name), a folder (searched recursively for the
 image extensions of ``contract.IMAGE_EXTS``, case-insensitive) or a glob pattern (``**`` allowed;
@@ -26,6 +27,7 @@ import csv
 import glob
 import json
 import logging
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,7 +35,9 @@ from typing import Any, Iterable, Sequence, TextIO
 
 from tqdm import tqdm
 
+from rsfiqa.inference import pretrained
 from rsfiqa.inference.heatmap import render_heatmap
+from rsfiqa.inference.report import relative_link, report_entry, write_report
 from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, Scored, Scorer, ScoringSetupError
 from rsfiqa_core import contract
 
@@ -62,11 +66,19 @@ def grid_cell(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Score images end to end with a trained RSFIQA checkpoint.",
+    parser = _Parser(prog=PROG, description="Score images end to end with a shipped RSFIQA model or a trained checkpoint.",
                      epilog="Exit status: 0 all scored, 1 setup problem (nothing scored), "
                             "2 some images failed (one stderr line each; the rest written).")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `rsfiqa fit`")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", default=None, metavar="NAME",
+                       help=f"a shipped model (`rsfiqa models`; default {pretrained.DEFAULT_MODEL!r} when --ckpt "
+                            f"is not given)")
+    model.add_argument("--ckpt", help="a checkpoint written by `rsfiqa fit` instead of a shipped model")
+    parser.add_argument("--report", metavar="HTML", help="also write one self-contained HTML page of the run: photos "
+                                                         "sorted by score, region overlays and descriptions")
+    parser.add_argument("--labels", metavar="CSV", help="known MOS (columns image, mos): added to the output, and "
+                                                        "PLCC/SRCC with a scatter plot in the report")
     parser.add_argument("--out", help="scores.csv or scores.json (default: CSV on stdout)")
     parser.add_argument("--heatmap", metavar="DIR", help="write one quality heatmap PNG per image into DIR")
     parser.add_argument("--attn-token", type=grid_cell, metavar="R,C",
@@ -119,10 +131,10 @@ def expand_paths(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
 class ResultWriter:
     """Writes scored records as CSV rows (streamed) or as one JSON list (at close)."""
 
-    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool):
+    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool, mos: bool = False):
         self.stream, self.fmt = stream, fmt
         self.records: list[dict[str, Any]] = []
-        columns = CSV_COLUMNS + (("heatmap",) if heatmaps else ())
+        columns = CSV_COLUMNS + (("mos",) if mos else ()) + (("heatmap",) if heatmaps else ())
         self.csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == ".csv" else None
         if self.csv is not None:
             self.csv.writeheader()
@@ -187,30 +199,86 @@ def run(args: argparse.Namespace) -> int:
         raise ScoringSetupError("--attn-token draws into the heatmaps: add --heatmap DIR")
     if args.batch_size < 1:
         raise ScoringSetupError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.report is not None:
+        check_report_path(Path(args.report))
+    mos = read_labels(Path(args.labels)) if args.labels else None
     files, failures = expand_paths(args.paths)
     for message in failures:
         report_error(message)
     if not files:
         raise ScoringSetupError(f"no image file found in {args.paths} (extensions: {', '.join(contract.IMAGE_EXTS)})")
-    scorer = Scorer.from_checkpoint(args.ckpt, args.device, args.segmenter_override, args.describer_override)
+    scorer = load_scorer(args)
     print(f"{PROG}: {scorer.scale.describe()}", file=sys.stderr)
     heatmap_path = HeatmapNamer(Path(args.heatmap)) if args.heatmap else None
     scored_items = scorer.iter_scored(files, args.batch_size, progress=not args.no_progress,
-                                      attn_token=args.attn_token, keep_arrays=heatmap_path is not None)
+                                      attn_token=args.attn_token,
+                                      keep_arrays=heatmap_path is not None or args.report is not None)
+    entries = []
     with ExitStack() as stack:
         stream = stack.enter_context(open(args.out, "w", newline="", encoding="utf-8")) if args.out else sys.stdout
-        writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None)
+        writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None, mos=mos is not None)
         for scored in scored_items:
             record = scored.record
             if record["error"] is not None:
                 report_error(record["error"])
                 failures.append(record["error"])
                 continue
+            if mos is not None:
+                record["mos"] = mos.get(Path(record["image"]).name)
             if heatmap_path is not None:
                 record["heatmap"] = write_heatmap(scored, heatmap_path(record["image"]), scorer, args.attn_token)
+            if args.report is not None:
+                link = relative_link(record["heatmap"], args.report) if "heatmap" in record else None
+                entries.append(report_entry(record, scored.rgb, scored.label_map, record.get("mos"), link))
             writer.write(record)
         writer.close()
+    if args.report is not None:
+        page = write_report(args.report, entries, f"RSFIQA scores of {len(entries)} photos", scorer.scale.describe(),
+                            model_description(args, scorer), failures)
+        print(f"{PROG}: report: {page}", file=sys.stderr)
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def load_scorer(args: argparse.Namespace) -> Scorer:
+    """The checkpoint's scorer with ``--ckpt``, else the shipped model ``--model`` (or the default)."""
+    if args.ckpt is not None:
+        return Scorer.from_checkpoint(args.ckpt, args.device, args.segmenter_override, args.describer_override)
+    return Scorer.from_pretrained(args.model or pretrained.DEFAULT_MODEL, args.device, args.segmenter_override,
+                                  args.describer_override)
+
+
+def model_description(args: argparse.Namespace, scorer: Scorer) -> str:
+    if args.ckpt is not None:
+        return f"model: checkpoint {args.ckpt}"
+    card = scorer.card
+    return (f"model: {card.get('name')} (shipped; trained on {card.get('training_data', {}).get('photos')} "
+            f"CLIVE photos, created {card.get('created')})")
+
+
+def check_report_path(path: Path) -> None:
+    """An HTML file name in an existing, writable folder, checked before any scoring work."""
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ScoringSetupError(f"--report {path}: the file name must end in .html")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ScoringSetupError(f"--report {path}: folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ScoringSetupError(f"--report {path}: {folder} is not writable (choose another folder)")
+
+
+def read_labels(path: Path) -> dict[str, float]:
+    """``--labels``: image file name -> MOS, from a CSV with columns ``image`` and ``mos``."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ScoringSetupError(f"--labels {path}: cannot be read ({err})") from err
+    if not rows or not {"image", "mos"} <= set(rows[0]):
+        raise ScoringSetupError(f"--labels {path}: needs the columns 'image' and 'mos'")
+    try:
+        return {Path(row["image"]).name: float(row["mos"]) for row in rows}
+    except ValueError as err:
+        raise ScoringSetupError(f"--labels {path}: a 'mos' value is not a number ({err})") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.addHandler(handler)
     try:
         return run(args)
-    except ScoringSetupError as err:
+    except (ScoringSetupError, pretrained.PretrainedError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_SETUP
     finally:

@@ -34,7 +34,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from annotate.api import Annotation, Annotator, AnnotatorSetupError
 from rsfiqa.data import transforms
+from rsfiqa.inference import pretrained
 from rsfiqa.data.sample import model_input
 from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa.model.text import FROM_CHECKPOINT
@@ -82,9 +83,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def build_net(ckpt: Mapping[str, Any], device: torch.device, where: str = "checkpoint") -> RSFIQANet:
     """RSFIQANet from the checkpoint's hyperparameters, every weight loaded from the checkpoint."""
-    hp = ckpt["hyper_parameters"]
-    options = hp["net"] if "net" in hp else {k: hp[k] for k in NetConfig.__dataclass_fields__ if k in hp}  # flat: older
-    net = RSFIQANet(NetConfig(**{**options, "pretrained": None, "text_pretrained": FROM_CHECKPOINT}))
+    net = RSFIQANet(NetConfig.from_hparams(ckpt["hyper_parameters"], pretrained=None, text_pretrained=FROM_CHECKPOINT))
     prefix = "net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
@@ -212,6 +211,7 @@ class Scorer:
         self.scale = mos_scale(data)
         self.max_pixels = max_pixels
         self.image_size = transforms.as_size(data["image_size"])
+        self.card: dict[str, Any] = {}     # a shipped model's card (``from_model_file``); empty otherwise
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -225,7 +225,36 @@ class Scorer:
         """
         device = scoring_device(device)
         ckpt = read_checkpoint(path)
-        data = ckpt["rsfiqa_data"]
+        return cls.assemble(lambda: build_net(ckpt, device, str(path)), ckpt["rsfiqa_data"], device,
+                            segmenter_override, describer_override)
+
+    @classmethod
+    def from_pretrained(cls, name: str = pretrained.DEFAULT_MODEL, device: str | torch.device = "cpu",
+                        segmenter_override: Mapping[str, Any] | Sequence[str] | None = None,
+                        describer_override: Mapping[str, Any] | Sequence[str] | None = None) -> "Scorer":
+        """A registered shipped model (``rsfiqa models`` lists them): no training, no download."""
+        return cls.from_model_file(pretrained.model_entry(name).path, device, segmenter_override,
+                                   describer_override, name=name)
+
+    @classmethod
+    def from_model_file(cls, path: str | Path, device: str | torch.device = "cpu",
+                        segmenter_override: Mapping[str, Any] | Sequence[str] | None = None,
+                        describer_override: Mapping[str, Any] | Sequence[str] | None = None,
+                        name: str | None = None) -> "Scorer":
+        """A model file written by ``make model`` (:mod:`rsfiqa.inference.pretrained`)."""
+        device = scoring_device(device)
+        content = pretrained.read_model_file(path, name)
+        where = f"model {name!r} ({path})" if name else str(path)
+        scorer = cls.assemble(lambda: pretrained.build_net(content, device, where), content["rsfiqa_data"], device,
+                              segmenter_override, describer_override)
+        scorer.card = dict(content["card"])
+        return scorer
+
+    @classmethod
+    def assemble(cls, net: Callable[[], RSFIQANet], data: Mapping[str, Any], device: torch.device,
+                 segmenter_override: Mapping[str, Any] | Sequence[str] | None,
+                 describer_override: Mapping[str, Any] | Sequence[str] | None) -> "Scorer":
+        """The annotator recorded in ``data`` (with overrides) first, then the network ``net()`` builds."""
         record = recorded_annotator(data, mos_scale(data).dataset)
         num_regions = int(data["num_regions"])
         overrides = {"segmenter": parse_overrides(segmenter_override), "describer": parse_overrides(describer_override)}
@@ -237,8 +266,7 @@ class Scorer:
         if annotator.segmenter.num_regions != num_regions:
             raise ScoringSetupError(f"segmenter num_regions={annotator.segmenter.num_regions} but the model was "
                                     f"trained with L={num_regions} regions")
-        net = build_net(ckpt, device, str(path))
-        return cls(net, data, annotator, device, (record.get("image") or {}).get("max_pixels", DEFAULT_MAX_PIXELS))
+        return cls(net(), data, annotator, device, (record.get("image") or {}).get("max_pixels", DEFAULT_MAX_PIXELS))
 
     # ---------------------------------------------------------------- public API
     def score(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,

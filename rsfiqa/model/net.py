@@ -20,7 +20,7 @@ are left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,14 @@ class NetConfig:
     def __post_init__(self) -> None:
         if self.rsa_hard_mask and not self.use_rsa:
             raise ValueError("rsa_hard_mask=True needs use_rsa=True")
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any], **changes: Any) -> "NetConfig":
+        """The options in a checkpoint's ``hyper_parameters``: ``hparams["net"]``, or flat in
+        checkpoints written before NetConfig; ``changes`` replace some of them."""
+        options = hparams["net"] if "net" in hparams else {k: hparams[k] for k in cls.__dataclass_fields__
+                                                             if k in hparams}
+        return cls(**{**options, **changes})
 
 
 class RSFIQANet(nn.Module):
