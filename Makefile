@@ -66,7 +66,7 @@ vllm-env: $(VLLM_STAMP)
 
 $(VLLM_STAMP):
 	$(PY) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q $(VLLM_SPEC) pytest scipy webdataset
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_SPEC) pytest scipy webdataset scikit-image segment-anything
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchaudio torchcodec
 	$(VLLM_VENV)/bin/python tests/vllm_engine/patch_torchvision.py
 	touch $(VLLM_STAMP)

@@ -8,7 +8,7 @@ normalised tensor with torch bilinear interpolation, antialias=True (what a netw
 do). ``--flip`` adds the horizontally flipped image's statistics (keys with suffix ``_flip``).
 
     OMP_NUM_THREADS=1 python scripts/levers_extract.py --backbone efficientnet_lite0 --scale 1.0 \
-        --out /work/cache12
+        --out runs/levers-cache
 Writes OUT/<backbone>_s<scale>.npz (keys L<i>_<stat>[_flip], arrays [N, C_i]; ``names``: image
 column of labels.csv in row order).
 """
@@ -40,12 +40,12 @@ def pooled_stats(fmap: torch.Tensor) -> dict[str, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="/work/shared/data/clive-dev")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "clive-dev"))
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--flip", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="first N images only (timing)")
-    ap.add_argument("--out", default="/work/cache12")
+    ap.add_argument("--out", default="runs/levers-cache")
     a = ap.parse_args()
     torch.set_num_threads(1)
     root = Path(a.data)

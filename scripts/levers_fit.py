@@ -27,9 +27,10 @@ from scipy.stats import pearsonr, spearmanr
 
 from annotate.datasets.splits import seeded_splits
 
-DATA = Path("/work/shared/data/clive-dev")
-DEMO = Path("/work/main/demo/data/labels.csv")
-CACHE = Path("/work/cache12")
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "clive-dev"
+DEMO = REPO / "demo" / "data" / "labels.csv"
+CACHE = Path("runs/levers-cache")
 BB = {"l0": "efficientnet_lite0", "l2": "efficientnet_lite2"}
 SPLITS = [f"seed{k}" for k in range(5)]
 ALPHAS = np.logspace(-4, 4, 33)  # relative to mean eigenvalue of the train Gram matrix

