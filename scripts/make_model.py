@@ -2,6 +2,7 @@
 the small file under ``rsfiqa/weights/`` -> its accuracy on the 48 demo photos it never saw.
 
     python scripts/make_model.py [--clive ../shared/data/clive-dev] [--work runs/model] [--name clive-offline]
+                                 [--out FILE] [--max-epochs N]
 
 Steps (each through the project's own entry points; a rerun resumes the annotation and reuses the
 feature cache):
@@ -104,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clive", type=Path, default=REPO.parent / "shared" / "data" / "clive-dev")
     parser.add_argument("--work", type=Path, default=Path("runs/model"), help="working folder (default %(default)s)")
     parser.add_argument("--name", default=pretrained.DEFAULT_MODEL, choices=sorted(pretrained.MODELS))
+    parser.add_argument("--out", type=Path, default=None, help="write the file here instead of the registered path")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override the recipe's epochs (smoke tests)")
     args = parser.parse_args(argv)
     if not (args.clive / "labels.csv").is_file():
         parser.error(f"{args.clive / 'labels.csv'} not found: point --clive at the clive-dev folder")
@@ -118,16 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = pretrained.MODELS[args.name].configs
     run_args = [a for config in configs for a in ("--config", str(REPO / config))]
     run_args += ["--data.train_shards", str(args.work / "shards"), "--model.feature_cache", str(args.work / "cache")]
+    if args.max_epochs is not None:
+        run_args += ["--trainer.max_epochs", str(args.max_epochs), "--model.t_max", str(args.max_epochs)]
     best = fit(args.work, run_args)
     seconds["fit"] = time.perf_counter() - start - seconds["annotate"]
     val = validate(best, run_args)
     card = {"name": args.name, "created": time.strftime("%Y-%m-%d"), "checkpoint": best.name,
             "training_data": {"source": "clive-dev (LIVE In the Wild Challenge) minus the 48 demo photos",
                               "photos": photos, "split": "90/10 train/val by image, seed 0"},
-            "recipe": {"configs": list(configs), "annotate": "configs/annotate/offline.yaml",
+            "recipe": {"configs": list(configs), "max_epochs_override": args.max_epochs,
+                       "annotate": "configs/annotate/offline.yaml",
                        "annotate_overrides": list(ANNOTATE_OVERRIDES), "seed": 0},
             "validation": val}
-    target = pretrained.MODELS[args.name].path
+    target = args.out or pretrained.MODELS[args.name].path
     staged = target.with_name(f"{target.stem}.staged.pt")
     pretrained.save_model_file(pretrained.package_checkpoint(torch.load(best, map_location="cpu", weights_only=True),
                                                              card), staged)

@@ -47,12 +47,12 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("clive-offline", "rsfiqa-clive-offline.pt",
-               "offline configuration with the EfficientNet-Lite2 backbone, MiniLM region texts, classical "
-               "segmenter and signal-measure describer, trained on 882 CLIVE photos",
-               ("configs/cpu.yaml", "configs/model.yaml", "configs/model_lite2.yaml")),
-    ModelEntry("clive-offline-lite0", "rsfiqa-clive-offline-lite0.pt",
-               "the same with the smaller EfficientNet-Lite0 backbone (configs/cpu.yaml as it is): faster",
+               "the offline configuration (configs/cpu.yaml: EfficientNet-Lite0, MiniLM region texts, classical "
+               "segmenter, signal-measure describer) trained on 882 CLIVE photos",
                ("configs/cpu.yaml", "configs/model.yaml")),
+    ModelEntry("clive-offline-lite2", "rsfiqa-clive-offline-lite2.pt",
+               "the same with the EfficientNet-Lite2 backbone (lower validation SRCC than clive-offline; slower)",
+               ("configs/cpu.yaml", "configs/model.yaml", "configs/model_lite2.yaml")),
 )}
 DEFAULT_MODEL = "clive-offline"
 
