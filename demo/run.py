@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sys
 import time
 import traceback
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from annotate.cli import main as annotate_main
+from annotate.datasets.csv_folder import write_subset
 from rsfiqa.cli import default_loggers
 from rsfiqa.cli import main as rsfiqa_main
 from rsfiqa.eval.plots import scatter_plot
@@ -128,14 +128,7 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 
 def photo_subset(n: int, folder: Path) -> Path:
     """A dataset folder (``labels.csv`` + ``images/``) with the first ``n`` demo photos, for ``--quick``."""
-    rows = read_csv_rows(DATA / "labels.csv")[:n]
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    for row in rows:
-        shutil.copy2(DATA / "images" / row["image"], folder / "images" / row["image"])
+    write_subset(DATA, folder, lambda i, row: i < n, link=False)
     return folder
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from annotate.cli import main as annotate_main  # noqa: E402
+from annotate.datasets.csv_folder import write_subset  # noqa: E402
 from rsfiqa.cli import main as rsfiqa_main  # noqa: E402
 from rsfiqa.inference import pretrained  # noqa: E402
 from rsfiqa.inference.report import correlations  # noqa: E402
@@ -51,17 +51,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def training_folder(clive: Path, folder: Path) -> int:
     """``folder/labels.csv`` and ``folder/images/`` (symbolic links) of clive-dev minus the demo photos."""
     demo = {row["original_name"] for row in read_rows(DEMO / "labels.csv")}
-    rows = [row for row in read_rows(clive / "labels.csv") if row["original_name"] not in demo]
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    for row in rows:
-        link = folder / "images" / row["image"]
-        if not link.exists():
-            os.symlink((clive / "images" / row["image"]).resolve(), link)
-    return len(rows)
+    return len(write_subset(clive, folder, lambda i, row: row["original_name"] not in demo))
 
 
 def fit(work: Path, args: Sequence[str]) -> Path:

@@ -1,7 +1,6 @@
 """`make model` end to end on a handful of clive-dev photos: the file it writes loads and scores."""
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from annotate.datasets.csv_folder import write_subset
 from rsfiqa.inference import pretrained
 from rsfiqa.inference.scorer import Scorer
 
@@ -21,15 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 def small_clive(folder: Path) -> Path:
     """A clive-dev-shaped folder with the first PHOTOS rows of clive-dev (images linked)."""
-    with open(CLIVE / "labels.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[:PHOTOS]
-    (folder / "images").mkdir(parents=True)
-    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    for row in rows:
-        os.symlink(CLIVE / "images" / row["image"], folder / "images" / row["image"])
+    write_subset(CLIVE, folder, lambda i, row: i < PHOTOS)
     return folder
 
 

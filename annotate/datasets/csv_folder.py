@@ -11,12 +11,14 @@ column ``ref_col``. Image files in those folders that no row names are reported 
 """
 from __future__ import annotations
 
+import csv
 import inspect
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from annotate.datasets.base import DatasetAdapter, ImageNotFound, LabelRow, parse_records, to_float
 from annotate.types import Skipped
@@ -108,3 +110,26 @@ def number_or_text(value: str) -> float | str:
         return to_float(value)
     except ValueError:
         return printable(value)
+
+
+def write_subset(source: Path, folder: Path, keep: Callable[[int, dict[str, str]], bool],
+                 csv_name: str = "labels.csv", link: bool = True) -> list[dict[str, str]]:
+    """A dataset folder in this adapter's layout (``folder/labels.csv`` + ``folder/images/``) with the
+    rows of ``source/labels.csv`` that ``keep(row_number, row)`` accepts; images linked (or copied)
+    from ``source/images/``. Returns the kept rows."""
+    with open(source / csv_name, newline="", encoding="utf-8") as f:
+        rows = [row for i, row in enumerate(csv.DictReader(f)) if keep(i, row)]
+    (folder / IMAGE_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+    with open(folder / csv_name, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        target, image = folder / IMAGE_SUBFOLDER / row["image"], (source / IMAGE_SUBFOLDER / row["image"]).resolve()
+        if target.exists():
+            continue
+        if link:
+            os.symlink(image, target)
+        else:
+            shutil.copy2(image, target)
+    return rows
