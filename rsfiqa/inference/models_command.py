@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from rsfiqa.inference import pretrained
+from rsfiqa.model.net import NetConfig
 
 
 def describe(entry: pretrained.ModelEntry) -> list[str]:
@@ -20,7 +21,7 @@ def describe(entry: pretrained.ModelEntry) -> list[str]:
     data, val, demo = card.get("training_data", {}), card.get("validation", {}), card.get("demo", {})
     lines += [f"  file: {entry.path} ({entry.path.stat().st_size / 1e6:.2f} MB), created {card.get('created')}",
               f"  trained on: {data.get('source')} ({data.get('photos')} photos, {data.get('split')})",
-              f"  backbone: {content['hyper_parameters'].get('backbone')}; weight packages: "
+              f"  backbone: {NetConfig.from_hparams(content['hyper_parameters']).backbone}; weight packages: "
               + ", ".join(f"{n} {v}" for n, v in content["packages"].items())]
     if val:
         lines.append(f"  validation: PLCC {val['plcc']:.3f}  SRCC {val['srcc']:.3f}")
