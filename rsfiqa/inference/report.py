@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
+from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
 from rsfiqa.eval.plots import scatter_figure
 from rsfiqa.inference.heatmap import quality_overlay
@@ -73,9 +75,6 @@ def relative_link(target: str | Path, page: str | Path) -> str:
 
 def correlations(mos: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
     """PLCC and SRCC (torchmetrics) of predicted vs true MOS."""
-    import torch
-    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
-
     x, y = torch.tensor(predicted, dtype=torch.float64), torch.tensor(mos, dtype=torch.float64)
     return {"plcc": float(pearson_corrcoef(x, y)), "srcc": float(spearman_corrcoef(x, y))}
 

@@ -71,9 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "2 some images failed (one stderr line each; the rest written).")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--model", default=None, metavar="NAME",
-                       help=f"a shipped model (`rsfiqa models`; default {pretrained.DEFAULT_MODEL!r} when --ckpt "
-                            f"is not given)")
+    model.add_argument("--model", default=pretrained.DEFAULT_MODEL, metavar="NAME",
+                       help="a shipped model (`rsfiqa models`; default %(default)s when --ckpt is not given)")
     model.add_argument("--ckpt", help="a checkpoint written by `rsfiqa fit` instead of a shipped model")
     parser.add_argument("--report", metavar="HTML", help="also write one self-contained HTML page of the run: photos "
                                                          "sorted by score, region overlays and descriptions")
@@ -243,8 +242,7 @@ def load_scorer(args: argparse.Namespace) -> Scorer:
     """The checkpoint's scorer with ``--ckpt``, else the shipped model ``--model`` (or the default)."""
     if args.ckpt is not None:
         return Scorer.from_checkpoint(args.ckpt, args.device, args.segmenter_override, args.describer_override)
-    return Scorer.from_pretrained(args.model or pretrained.DEFAULT_MODEL, args.device, args.segmenter_override,
-                                  args.describer_override)
+    return Scorer.from_pretrained(args.model, args.device, args.segmenter_override, args.describer_override)
 
 
 def model_description(args: argparse.Namespace, scorer: Scorer) -> str:
