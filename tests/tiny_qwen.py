@@ -118,12 +118,13 @@ def force_word(model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLP
 
 
 def save_tiny_qwen(folder: str | Path, seed: int = 0, force: str | None = None, hidden_size: int = 64,
-                   num_attention_heads: int = 2) -> Path:
+                   num_attention_heads: int = 2, split_digits: bool = False) -> Path:
     """Save a tiny Qwen2.5-VL (weights, config, tokenizer, processor, chat template) as a model folder
     that vLLM or ``from_pretrained`` loads offline; ``force`` makes it always emit that word
-    (:func:`force_word`). Defaults: head size 32, the least vLLM's CPU attention supports."""
+    (:func:`force_word`); ``split_digits``: Qwen2's digit tokenization (:func:`tiny_tokenizer`).
+    Defaults: head size 32, the least vLLM's CPU attention supports."""
     folder = Path(folder)
-    processor = tiny_processor()
+    processor = tiny_processor(split_digits)
     model = tiny_qwen(processor, seed=seed, hidden_size=hidden_size, num_attention_heads=num_attention_heads)
     if force is not None:
         force_word(model, processor, force)
