@@ -69,11 +69,16 @@ def measure(norm: str, seeds: int, batch: int, dim: int = PAPER_DIM, heads: int 
             off[i].append(bias[pair & ~eye])
             self_w[i].append(weights[pair & eye])
     cat = torch.cat
-    return {"std": [float(cat(e).std()) for e in every],
+    return {"std": [spread(cat(e)) for e in every],
             "diag": [float(cat(d).mean()) for d in diag],
-            "off_std": [float(cat(o).std()) if cat(o).numel() > 1 else float("nan") for o in off],
+            "off_std": [spread(cat(o)) for o in off],
             "self_weight": [float(cat(s).mean()) for s in self_w],
             "logit_std": [float(cat(logit_values).std())]}
+
+
+def spread(values: torch.Tensor) -> float:
+    """Standard deviation; NaN for fewer than two values (a one-cell region has no off-diagonal pair)."""
+    return float(values.std()) if values.numel() > 1 else float("nan")
 
 
 def report(norms: Sequence[str], seeds: int, batch: int) -> str:
