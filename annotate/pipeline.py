@@ -84,6 +84,8 @@ class Summary:
     skipped: list[dict[str, str]] = field(default_factory=list)
     notes: list[dict[str, str]] = field(default_factory=list)
     missing_descriptions: dict[str, int] = field(default_factory=dict)
+    score_sources: dict[str, int] = field(default_factory=dict)  # region scores by ``score_source`` (MLLM)
+    mixed_score_samples: int = 0  # samples whose region scores come from more than one source
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     stage_images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     wall_seconds: float = 0.0
@@ -116,6 +118,9 @@ class Summary:
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
         lines += [f"  note x{n}: {note}" for note, n in Counter(n["note"] for n in self.notes).most_common()]
         lines += [f"  missing region descriptions x{n}: {reason}" for reason, n in self.missing_descriptions.items()]
+        if self.score_sources:
+            lines.append("  region scores by source: " + ", ".join(f"{s} x{n}" for s, n in self.score_sources.items())
+                         + f"; samples mixing sources: {self.mixed_score_samples}")
         return "\n".join(lines)
 
 
@@ -254,11 +259,16 @@ def build_sample(image: LoadedImage, annotation: Annotation, annotator: Mapping[
 
 
 def count_missing(descriptions: Sequence[Mapping[str, Any]], summary: Summary) -> None:
-    """Tally regions whose description is missing, wholly or in part, by their ``missing_reason``."""
+    """Tally regions whose description is missing, wholly or in part, by their ``missing_reason``, and
+    one sample's region scores by their ``score_source`` (``"None"``: missing)."""
     for d in descriptions:
         if d.get("missing_reason"):
             reason = str(d.get("missing_reason") or "no reason given")
             summary.missing_descriptions[reason] = summary.missing_descriptions.get(reason, 0) + 1
+    sources = [s for d in descriptions for s in (d.get("score_source") or {}).values()]
+    for source in sources:
+        summary.score_sources[str(source)] = summary.score_sources.get(str(source), 0) + 1
+    summary.mixed_score_samples += len({s for s in sources if s is not None}) > 1
 
 
 class PipelineMonitor(Monitor):

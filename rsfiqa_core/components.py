@@ -65,7 +65,8 @@ class Describer(Protocol):
 
     Returns, per image, L region dicts with keys ``content`` (str|None), ``levels``
     ({dim: level word}|None), ``scores`` ({dim: float 1..5}|None), optionally
-    ``parsed_scores`` ({dim: float}) and ``missing_reason`` (str) when a description is None.
+    ``parsed_scores`` ({dim: float}), ``level_expectations`` ({dim: float}, MLLM), ``score_source``
+    ({dim: "qalign" | "parsed" | None}, MLLM) and ``missing_reason`` (str) when a description is None.
     """
 
     uses_device: ClassVar[bool]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from annotate.cli import main as cli_main
 from annotate.config import ConfigError, load_config
-from annotate.pipeline import annotate, order_samples, parse_part, select_part
+from annotate.pipeline import Summary, annotate, count_missing, order_samples, parse_part, select_part
 from annotate.types import Sample
 from annotate.writer import SettingsMismatch, completed_shards
 from rsfiqa_core.contract import DIMENSIONS, decode_sample, read_index, sample_key
@@ -237,3 +237,11 @@ def test_cli_reports_expected_errors_in_one_line(tmp_path, capsys):
     code = cli_main(["--dataset", "csv", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
                      "--config", "configs/annotate/paper.yaml"])
     assert code == 1 and "segmenter.checkpoint" in capsys.readouterr().err
+
+
+def test_summary_counts_region_score_sources_and_samples_that_mix_them():
+    summary = Summary(dataset="x", part="1of1", out="out")
+    count_missing([{"score_source": {"blur": "qalign", "noise": None}}, {"missing_reason": "empty region"}], summary)
+    count_missing([{"score_source": {"blur": "qalign"}}, {"score_source": {"blur": "parsed"}}], summary)
+    assert summary.score_sources == {"qalign": 2, "None": 1, "parsed": 1} and summary.mixed_score_samples == 1
+    assert "region scores by source: qalign x2, None x1, parsed x1; samples mixing sources: 1" in summary.report()

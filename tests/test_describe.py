@@ -14,7 +14,8 @@ from scipy import ndimage
 from annotate.describe import build_describer
 from annotate.describe.backends import MissingExtraError
 from annotate.describe.measures import SCORE_BREAKPOINTS, score_from_measure
-from annotate.describe.parsing import parse_content, parse_level, parse_score, qalign_expectation, score_to_level
+from annotate.describe.parsing import (digit_expectation, parse_content, parse_level, parse_score, qalign_expectation,
+                                      score_to_level)
 from annotate.describe.prompts import CONTENT_QUESTION, build_conversation, highlight_region, question, question_kinds, with_answer_prefix
 from annotate.segment import build_segmenter
 from annotate.segment.postprocess import postprocess
@@ -81,6 +82,14 @@ def test_qalign_expectation_is_the_softmax_weighted_level_value():
     logprobs = {w: math.log(p) - 7.0 for w, p in zip(LEVELS, probs)}  # any common shift
     assert qalign_expectation(logprobs).value == pytest.approx(sum(p * (i + 1) for i, p in enumerate(probs)))
     assert qalign_expectation({**logprobs, "good": -math.inf}).value < qalign_expectation(logprobs).value
+
+
+def test_digit_expectation_weights_each_digit_by_its_value():
+    probs = [0.05, 0.1, 0.2, 0.4, 0.25]
+    logprobs = {str(i + 1): math.log(p) + 3.0 for i, p in enumerate(probs)}
+    assert digit_expectation(logprobs).value == pytest.approx(sum(p * (i + 1) for i, p in enumerate(probs)))
+    assert digit_expectation({w: 0.0 for w in LEVELS}).value is None  # level words are not the score's labels
+    assert "score digits ['4']" in digit_expectation({d: -1.0 for d in "1235"}).reason
 
 
 def test_qalign_expectation_refuses_incomplete_logprobs():

@@ -1,6 +1,7 @@
 """MLLM describer through transformers' real Qwen2.5-VL class (tiny, random, offline) + vLLM glue."""
 from __future__ import annotations
 
+import math
 import sys
 import types
 from types import SimpleNamespace
@@ -10,12 +11,12 @@ import pytest
 import torch
 
 from annotate.describe import build_describer
-from annotate.describe.backends import VLLMBackend
+from annotate.describe.backends import VLLMBackend, slot_tokens, with_suffix
 from annotate.describe.mllm import MLLMDescriber, covering_mask
-from annotate.describe.parsing import parse_content, qalign_expectation
+from annotate.describe.parsing import digit_expectation, parse_content, qalign_expectation
 from annotate.describe.prompts import build_conversation, question_kinds, with_answer_prefix
 from annotate.segment.postprocess import postprocess
-from rsfiqa_core.contract import DIMENSIONS, LEVELS
+from rsfiqa_core.contract import DIMENSIONS, LEVELS, region_text
 from tests.tiny_qwen import bias_towards, tiny_processor, tiny_qwen
 
 
@@ -29,9 +30,12 @@ class Spy:
         self.generate_calls.append((list(conversations), sample_seed))
         return self.backend.generate(conversations, max_tokens, sample_seed)
 
-    def level_logprobs(self, conversations):
-        self.logprob_calls.append(list(conversations))
-        return self.backend.level_logprobs(conversations)
+    def slot_problem(self, kind):
+        return self.backend.slot_problem(kind)
+
+    def slot_logprobs(self, conversations, kind):
+        self.logprob_calls.append((kind, list(conversations)))
+        return self.backend.slot_logprobs(conversations, kind)
 
     def config(self):
         return self.backend.config()
@@ -78,30 +82,31 @@ def test_hf_describer_runs_the_papers_turns_through_the_real_qwen_class(processo
     assert len(first_attempts) == 1 + 2 * len(DIMENSIONS)           # one batched call per turn
     assert all(len(convs) == 4 for convs in first_attempts)          # 2 images x 2 valid regions
     assert [len(convs[0]) for convs in first_attempts] == [1 + 2 * k for k in range(len(first_attempts))]
-    assert len(spy.logprob_calls) == len(DIMENSIONS)                 # one per level turn
-    assert all(c[-1]["role"] == "assistant" and c[-1]["content"].endswith("quality level is")
-               for convs in spy.logprob_calls for c in convs)
+    assert [kind for kind, _ in spy.logprob_calls] == ["level", "score"] * len(DIMENSIONS)  # one per rating turn
+    assert all(c[-1]["role"] == "assistant" and c[-1]["content"].endswith(f"quality {kind} is")
+               for kind, convs in spy.logprob_calls for c in convs)
 
     for row in records:
         assert row[1] == {"content": None, "levels": None, "scores": None, "parsed_scores": None,
                           "missing_reason": "empty region"}
         for r in (row[0], row[2]):
-            # the level words are single tokens, so every score is a Q-Align expectation
+            # the level words and the digits are single tokens, so every score is a Q-Align expectation
             assert r["score_source"] == {d: "qalign" for d in DIMENSIONS}
-            assert all(1.0 <= r["scores"][d] <= 5.0 for d in DIMENSIONS)
-            for d in DIMENSIONS:  # a level either parsed or missing with its reason
-                assert r["levels"] is None or r["levels"][d] in LEVELS or f"level/{d}:" in r["missing_reason"]
+            assert all(1.0 <= r["scores"][d] <= 5.0 and 1.0 <= r["level_expectations"][d] <= 5.0 for d in DIMENSIONS)
+            for d in DIMENSIONS:  # exactly one of: a parsed level word, a recorded reason
+                assert ((r["levels"] or {}).get(d) in LEVELS) != (f"level/{d}:" in r.get("missing_reason", ""))
     assert describer.describe(images, segs) == records               # greedy + seeded retries: deterministic
 
     # left padding: a batch of unequal prompts gives each prompt's own log-probs and answers
-    prefixed, questions = spy.logprob_calls[-1][::3], first_attempts[-1][::3]  # image 0 and image 1
-    batched, answers = spy.backend.level_logprobs(prefixed), spy.backend.generate(questions, 6)
+    prefixed, questions = spy.logprob_calls[-2][1][::3], first_attempts[-1][::3]  # image 0 and image 1
+    batched, answers = spy.backend.slot_logprobs(prefixed, "level"), spy.backend.generate(questions, 6)
     for k in range(2):
-        alone = spy.backend.level_logprobs(prefixed[k:k + 1])[0]
+        alone = spy.backend.slot_logprobs(prefixed[k:k + 1], "level")[0]
         assert all(abs(alone[w] - batched[k][w]) < 1e-4 for w in LEVELS)
         assert spy.backend.generate(questions[k:k + 1], 6) == [answers[k]]
     settings = describer.provenance()
-    assert settings["backend"]["backend"] == "hf" and settings["backend"]["level_token_ids"] is not None
+    assert settings["backend"]["backend"] == "hf" and settings["backend"]["slots"]["score"]["problem"] is None
+    assert settings["scores_from"].startswith("score answer: Q-Align expectation over the digits")
 
 
 @pytest.mark.slow
@@ -123,25 +128,68 @@ def test_malformed_answers_are_retried_then_missing_with_a_reason(processor, ima
 
 
 @pytest.mark.slow
-def test_level_logprobs_give_the_q_align_score_of_the_favoured_word(processor, images_and_segs):
+def test_the_score_is_read_at_the_score_answer_and_the_level_expectation_at_the_level_answer(
+        processor, images_and_segs):
+    """A model favouring " poor" (strongly) and " 4": the level words' expectation is 2, the digits' 4;
+    the text's score is the score answer's (4.0), so Table 4's content+level and content+score differ."""
     images, segs = images_and_segs
     model = bias_towards(tiny_qwen(processor), processor, "poor")
+    model.lm_head.bias.data[processor.tokenizer.convert_tokens_to_ids(" 4")] = 25.0
     describer = hf_describer(model, processor, max_retries=0)
     record = describer.describe(images[:1], segs[:1])[0][0]
     assert record["levels"] == {d: "poor" for d in DIMENSIONS}
-    assert record["scores"] == {d: pytest.approx(2.0, abs=1e-3) for d in DIMENSIONS}
+    assert record["level_expectations"] == {d: pytest.approx(2.0, abs=1e-3) for d in DIMENSIONS}
+    assert record["scores"] == {d: pytest.approx(4.0, abs=1e-3) for d in DIMENSIONS}
+    assert record["score_source"] == {d: "qalign" for d in DIMENSIONS}
+    assert record["parsed_scores"] is None  # the answers say "poor", no number: parsed and qalign are kept apart
+    level_text = region_text(record, parts=("content", "level"))
+    score_text = region_text(record, parts=("content", "score"))
+    assert level_text.endswith(". " + "; ".join(f"{d} poor" for d in DIMENSIONS) + ".")  # content: "poor poor ..."
+    assert score_text.endswith(". " + "; ".join(f"{d} 4.0" for d in DIMENSIONS) + ".")
 
     backend = describer.backend.backend
     prefix = "From the blur dimension, the image quality level is"
     short = with_answer_prefix(build_conversation(*images[:1] * 2), prefix)
     long = with_answer_prefix(build_conversation(*images[1:] * 2, ["a region"] * 3), prefix)
-    for logprobs in backend.level_logprobs([short, long]):
+    for logprobs in backend.slot_logprobs([short, long], "level"):
         assert set(logprobs) == set(LEVELS) and max(logprobs, key=logprobs.get) == "poor"
         assert qalign_expectation(logprobs).value == pytest.approx(2.0, abs=1e-3)
 
 
+@pytest.mark.slow
+def test_a_tokenizer_that_splits_the_space_off_digits_reads_the_score_after_a_space(images_and_segs):
+    """Qwen2's pre-tokenizer makes " 4" two tokens, " " and "4": the score slot's prompt then ends with
+    the space token and the digits' own ids are read (the level words stay " word" tokens)."""
+    images, segs = images_and_segs
+    split = tiny_processor(split_digits=True)
+    tokenizer = split.tokenizer
+    model = bias_towards(tiny_qwen(split), split, "poor")
+    model.lm_head.bias.data[tokenizer.convert_tokens_to_ids(" poor")] = 0.0
+    model.lm_head.bias.data[tokenizer.convert_tokens_to_ids("4")] = 30.0
+    describer = hf_describer(model, split, max_retries=0)
+    backend = describer.backend.backend
+    assert backend.slots["score"].suffix == " " and backend.slots["level"].suffix == ""
+    assert backend.slots["score"].ids == {d: tokenizer.convert_tokens_to_ids(d) for d in "12345"}
+    record = describer.describe(images[:1], segs[:1])[0][0]
+    assert record["scores"] == {d: pytest.approx(4.0, abs=1e-3) for d in DIMENSIONS}
+    kind, convs = describer.backend.logprob_calls[-1]
+    assert kind == "score" and convs[0][-1]["content"].endswith("quality score is")
+    batch = backend._inputs([with_suffix(convs[0], " ")], continue_final=True)
+    assert batch["input_ids"][0, -1] == tokenizer.convert_tokens_to_ids(" ")  # the chat template kept the space
+
+
+def test_slot_tokens_of_a_tokenizer_that_splits_labels_are_refused():
+    class Pieces:  # every label two tokens, not a space + the bare label
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text.strip()][:1] + [0]
+
+    slot = slot_tokens(Pieces(), LEVELS)
+    assert slot.ids is None and "not single tokens" in slot.problem
+
+
 # --------------------------------------------------------------------------- vLLM glue (engine stubbed)
 LEVEL_LOGPROBS = {"bad": -0.05, "poor": -0.06, "fair": -3.0, "good": -4.0, "excellent": -5.0}
+DIGIT_LOGPROBS = {"1": -6.0, "2": -5.5, "3": -0.5, "4": -1.0, "5": -6.5}  # all outside the top 20
 
 
 class StubValidationError(Exception):
@@ -165,7 +213,8 @@ def stub_vllm(monkeypatch, with_token_ids: bool):
     sampled = 7  # the most likely next token, not a level word
     # next-token log-probs: the sampled token, "bad", "poor", 30 other tokens, then the other level words
     logprobs = {sampled: -0.01, **{10 + k: -0.1 - k / 100 for k in range(30)},
-                **{100 + i: value for i, value in enumerate(LEVEL_LOGPROBS.values())}}
+                **{100 + i: value for i, value in enumerate(LEVEL_LOGPROBS.values())},
+                **{110 + i: value for i, value in enumerate(DIGIT_LOGPROBS.values())}}
 
     class SamplingParams:
         def __init__(self, max_tokens=16, temperature=1.0, seed=None, logprobs=None, **extra):
@@ -175,8 +224,11 @@ def stub_vllm(monkeypatch, with_token_ids: bool):
                                  logprob_token_ids=extra.get("logprob_token_ids"))
 
     class Tokenizer:
-        def encode(self, text, add_special_tokens=False):
-            return [100 + LEVELS.index(text.strip())] if text.strip() in LEVELS else [1, 2]
+        def encode(self, text, add_special_tokens=False):  # " good" -> [103], " 3" -> [112]
+            word = text.strip()
+            if word in LEVELS or word in DIGIT_LOGPROBS:
+                return [100 + LEVELS.index(word) if word in LEVELS else 109 + int(word)]
+            return [1, 2]
 
     class LLM:
         def __init__(self, max_logprobs=20, max_model_len=4096, **options):
@@ -237,7 +289,8 @@ def test_vllm_backend_asks_llm_chat_for_answers_and_level_logprobs(monkeypatch, 
     backend.generate([conv], 12, sample_seed=3)
     assert calls[-1][1].seed == 3 and calls[-1][1].temperature > 0
 
-    logprobs = backend.level_logprobs([with_answer_prefix(conv, "From the noise dimension, the image quality level is")])
+    logprobs = backend.slot_logprobs([with_answer_prefix(conv, "From the noise dimension, the image quality level is")],
+                                     "level")
     _, params, kwargs = calls[-1]
     assert kwargs == {"add_generation_prompt": False, "continue_final_message": True}
     if with_token_ids:
@@ -246,6 +299,39 @@ def test_vllm_backend_asks_llm_chat_for_answers_and_level_logprobs(monkeypatch, 
     else:  # top-20 fallback: only "bad" and "poor" are among the 20 most likely tokens; the rest are absent
         assert backend.logprob_mode == "top20" and params.logprobs == 20
         assert logprobs == [{"bad": -0.05, "poor": -0.06}] and qalign_expectation(logprobs[0]).value is None
+    digits = backend.slot_logprobs([with_answer_prefix(conv, "From the noise dimension, the image quality score is")],
+                                   "score")
+    if with_token_ids:  # exactly the five digit ids, and nothing else
+        assert calls[-1][1].logprob_token_ids == [110, 111, 112, 113, 114] and digits == [DIGIT_LOGPROBS]
+        assert digit_expectation(digits[0]).value == pytest.approx(
+            sum(int(d) * math.exp(v) for d, v in DIGIT_LOGPROBS.items()) / sum(map(math.exp, DIGIT_LOGPROBS.values())))
+    else:
+        assert digits == [{}] and "['1', '2', '3', '4', '5'] absent" in digit_expectation(digits[0]).reason
+
+
+def test_a_label_the_engine_does_not_return_leaves_the_score_missing_never_parsed(monkeypatch):
+    """``logprob_token_ids`` requested, a digit's id absent from the engine's step: the region's score
+    is missing with the reason, the parsed answer stays in ``parsed_scores`` only."""
+    calls = stub_vllm(monkeypatch, with_token_ids=True)
+    backend = VLLMBackend(model="/models/qwen")
+    chat = backend.llm.chat
+
+    def drop_digit_3(conversations, params, **kwargs):
+        outputs = chat(conversations, params, **kwargs)
+        for o in outputs:
+            if o.outputs[0].logprobs:
+                o.outputs[0].logprobs[0].pop(112, None)
+        return outputs
+
+    backend.llm.chat = drop_digit_3
+    image = np.zeros((16, 16, 3), np.uint8)
+    seg = postprocess([np.ones((16, 16), bool)], [0.9], num_regions=2)
+    record = MLLMDescriber(backend, max_retries=0, dims=("blur",)).describe([image], [seg])[0][0]
+    assert record["scores"] is None and record["score_source"] == {"blur": None}
+    assert "score log-probabilities/blur: score digits ['3'] absent" in record["missing_reason"]
+    assert record["level_expectations"] == {"blur": pytest.approx(qalign_expectation(LEVEL_LOGPROBS).value, abs=1e-4)}
+    assert [c[1].logprob_token_ids for c in calls if c[1].logprob_token_ids] == [[100, 101, 102, 103, 104],
+                                                                                 [110, 111, 112, 113, 114]]
 
 
 def test_vllm_backend_raises_the_engines_log_prob_cap_for_a_larger_top_k(monkeypatch):
@@ -254,10 +340,10 @@ def test_vllm_backend_raises_the_engines_log_prob_cap_for_a_larger_top_k(monkeyp
                               "From the noise dimension, the image quality level is")
     backend = VLLMBackend(model="/models/qwen", top_logprobs=40)
     assert backend.llm.max_logprobs == 40 and backend.config()["max_logprobs"] == 40
-    assert backend.level_logprobs([conv]) == [LEVEL_LOGPROBS]              # all five within the top 40
+    assert backend.slot_logprobs([conv], "level") == [LEVEL_LOGPROBS]       # all five within the top 40
     backend.llm.max_logprobs = 20  # what the engine does without the cap raised: the request is refused
     with pytest.raises(StubValidationError, match="greater than max allowed: 20"):
-        backend.level_logprobs([conv])
+        backend.slot_logprobs([conv], "level")
 
 
 def test_an_over_long_conversation_fails_its_whole_vllm_batch_then_every_item_is_missing(monkeypatch):

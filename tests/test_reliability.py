@@ -185,19 +185,22 @@ def test_undecodable_image_in_a_shard_is_named_with_its_sample(shard_copy):
 
 # --------------------------------------------------------------------------- MLLM backend failures
 class ScriptedBackend:
-    """A Backend whose answers come from ``answer(kind, dim, call)`` and whose level log-probs come
-    from ``logprobs(call)``; either may raise. Counts calls."""
+    """A Backend whose answers come from ``answer(kind, dim, call)`` and whose slot log-probs come
+    from ``logprobs(call)`` (level words and digits alike); either may raise. Counts calls."""
 
     def __init__(self, answer: Callable[[str, str | None, int], str], logprobs: Callable[[int], Any] = None):
         self.answer, self.logprobs = answer, logprobs or (lambda call: {w: -float(i) for i, w in enumerate(
-            contract.LEVELS)})
+            (*contract.LEVELS, *"12345"))})
         self.generate_calls = self.logprob_calls = 0
 
     def generate(self, conversations, max_tokens, sample_seed=None):
         self.generate_calls += 1
         return [self.answer(*question_kinds()[len(c) // 2], self.generate_calls) for c in conversations]
 
-    def level_logprobs(self, conversations):
+    def slot_problem(self, kind):
+        return None
+
+    def slot_logprobs(self, conversations, kind):
         self.logprob_calls += 1
         result = self.logprobs(self.logprob_calls)
         return [result] * len(conversations)
@@ -246,8 +249,9 @@ def test_a_backend_that_keeps_failing_leaves_descriptions_missing_with_the_reaso
         assert (r["content"], r["levels"], r["scores"], r["parsed_scores"]) == (None, None, None, None)
         reason = "backend error: ConnectionError: model server went away (after 2 attempts)"
         assert r["missing_reason"].count(reason) == len(question_kinds())
-        assert r["notes"] == [f"qalign/{d}: backend error: TimeoutError: logprobs timed out (after 2 attempts)"
-                              for d in DIMS]
+        for kind in ("level", "score"):
+            assert all(f"{kind} log-probabilities/{d}: backend error: TimeoutError: logprobs timed out "
+                       "(after 2 attempts)" in r["missing_reason"] for d in DIMS)
         assert contract.region_text(r) == "", "the data module masks the region (one rule)"
 
 
@@ -268,12 +272,25 @@ def test_unusable_level_answers_are_retried_then_missing_and_qalign_still_scores
     assert region["score_source"] == dict.fromkeys(DIMS, "qalign")  # the log-probs still give the score
 
 
-def test_level_words_absent_from_the_logprobs_fall_back_to_the_parsed_score():
-    partial = {w: -1.0 for w in contract.LEVELS if w != "excellent"}  # e.g. outside a server's top-k
+def test_labels_absent_from_the_logprobs_leave_the_value_missing_never_the_parsed_score():
+    partial = {w: -1.0 for w in (*contract.LEVELS, *"12345") if w not in ("excellent", "5")}  # outside a top-k
     region = describe_one(ScriptedBackend(good_answer, lambda call: partial))[0]
+    assert region["scores"] is None and region["score_source"] == dict.fromkeys(DIMS)
+    assert region["level_expectations"] is None
+    assert region["parsed_scores"] == dict.fromkeys(DIMS, 4.0) and region["levels"] == dict.fromkeys(DIMS, "good")
+    for d in DIMS:
+        assert f"score log-probabilities/{d}: score digits ['5'] absent from the returned" in region["missing_reason"]
+        assert f"level log-probabilities/{d}: level words ['excellent'] absent" in region["missing_reason"]
+
+
+def test_without_logprobs_every_score_is_the_parsed_answer():
+    backend = ScriptedBackend(good_answer)
+    image = badinputs._scene()
+    seg = postprocess([np.ones(image.shape[:2], bool)], [0.9], num_regions=2)
+    region = MLLMDescriber(backend, use_logprobs=False, image_long_side=56).describe([image], [seg])[0][0]
+    assert backend.logprob_calls == 0
     assert region["scores"] == dict.fromkeys(DIMS, 4.0) and region["score_source"] == dict.fromkeys(DIMS, "parsed")
-    assert all("['excellent'] absent from the returned log-probabilities" in n for n in region["notes"])
-    assert "missing_reason" not in region
+    assert region["level_expectations"] is None and "missing_reason" not in region
 
 
 def test_a_backend_returning_too_few_answers_is_a_backend_error():

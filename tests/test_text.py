@@ -77,3 +77,23 @@ def test_trainable_encoder_passes_gradients_without_cache() -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="clip"):
         TextEncoder("bert")
+
+
+def test_the_openai_tag_gives_the_text_tower_with_the_checkpoints_weights(tmp_path, monkeypatch) -> None:
+    """The paper configs' ``text_pretrained: openai``: open_clip fetches OpenAI's state dict (plain CLIP
+    key layout) and, since 2.29, loads it through the same route as any tag, so ``force_custom_text``
+    yields a model with ``.text``. open_clip 2.24-2.28 built a plain ``CLIP`` for "openai" (no ``.text``:
+    ``build_model_from_openai_state_dict``), hence the floor ``open_clip_torch>=2.29`` in pyproject.toml.
+    The download is replaced by a local file of random weights in that layout (no network)."""
+    import open_clip
+
+    torch.manual_seed(1)
+    reference = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)  # OpenAI's layout
+    path = tmp_path / "openai.bin"
+    torch.save(reference.state_dict(), path)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda *args, **kwargs: str(path))
+    encoder = TextEncoder("clip", "ViT-B-32-quickgelu", pretrained="openai")
+    text = encoder.model
+    torch.testing.assert_close(text.token_embedding.weight, reference.token_embedding.weight)
+    torch.testing.assert_close(text.text_projection, reference.text_projection)
+    assert encoder.dim == 512

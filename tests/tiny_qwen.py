@@ -32,28 +32,33 @@ CHAT_TEMPLATE = (
 PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}  # 4..16 merged 28x28 patches per image
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer where " word" (leading space) is one token, as in Qwen's BPE."""
+def tiny_tokenizer(split_digits: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer where " word" (leading space) is one token, as in Qwen's BPE; so is
+    " 3", unless ``split_digits``: then, as in Qwen2's pre-tokenizer (``\\p{N}`` alone, a space before
+    a digit its own token), " 3" is " " and "3"."""
     vocab = {t: i for i, t in enumerate(SPECIALS)}
     for w in WORDS:
         for token in (w, " " + w):
             vocab.setdefault(token, len(vocab))
     vocab.setdefault("\n", len(vocab))
+    if split_digits:
+        vocab.setdefault(" ", len(vocab))
+    digits = "[0-9]" if split_digits else " ?[0-9]"
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9\s]|\s"), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(rf" ?[A-Za-z]+|{digits}| ?[^A-Za-z0-9\s]|\s"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token="<unk>", additional_special_tokens=SPECIALS[:7])
 
 
-def tiny_processor() -> Qwen2_5_VLProcessor:
+def tiny_processor(split_digits: bool = False) -> Qwen2_5_VLProcessor:
     """An offline Qwen2.5-VL processor: :func:`tiny_tokenizer` plus the Qwen2-VL image processor with
     a small pixel budget (needs torchvision: transformers' Qwen2-VL video processor, which the
     processor class requires, has no torchvision-free form)."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**PIXELS), tokenizer=tiny_tokenizer(),
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**PIXELS), tokenizer=tiny_tokenizer(split_digits),
                                video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
 
 
@@ -113,12 +118,13 @@ def force_word(model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLP
 
 
 def save_tiny_qwen(folder: str | Path, seed: int = 0, force: str | None = None, hidden_size: int = 64,
-                   num_attention_heads: int = 2) -> Path:
+                   num_attention_heads: int = 2, split_digits: bool = False) -> Path:
     """Save a tiny Qwen2.5-VL (weights, config, tokenizer, processor, chat template) as a model folder
     that vLLM or ``from_pretrained`` loads offline; ``force`` makes it always emit that word
-    (:func:`force_word`). Defaults: head size 32, the least vLLM's CPU attention supports."""
+    (:func:`force_word`); ``split_digits``: Qwen2's digit tokenization (:func:`tiny_tokenizer`).
+    Defaults: head size 32, the least vLLM's CPU attention supports."""
     folder = Path(folder)
-    processor = tiny_processor()
+    processor = tiny_processor(split_digits)
     model = tiny_qwen(processor, seed=seed, hidden_size=hidden_size, num_attention_heads=num_attention_heads)
     if force is not None:
         force_word(model, processor, force)

@@ -6,16 +6,20 @@ offer
 * ``generate(conversations, max_tokens, sample_seed=None) -> list[str]`` — one answer per
   conversation; greedy when ``sample_seed`` is None, else sampled at ``retry_temperature`` with
   that seed (retries of malformed answers: a greedy retry would repeat the same answer);
-* ``level_logprobs(conversations) -> list[dict[word, logprob] | None]`` — each conversation ends
-  with an unfinished assistant turn (the answer prefix "... quality level is"); the result is
-  the log-probability of every level word (with its leading space, one token) as the next
-  token, or ``None`` for all when the tokenizer splits a level word (see :func:`level_token_ids`).
+* ``slot_logprobs(conversations, kind) -> list[dict[label, logprob]]`` — each conversation ends
+  with an unfinished assistant turn, the answer prefix of ``kind`` ("... quality level is" or
+  "... quality score is"); the result maps every label of the slot (:data:`SLOT_LABELS`: the five
+  level words, or the digits 1..5) the backend returned to its log-probability as the next token.
+  How a label is read as one token is :func:`slot_tokens`; where it cannot be,
+  ``slot_problem(kind)`` says why and the describer uses the parsed answers for the whole run.
 """
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from annotate.describe.parsing import SCORE_DIGITS
 from rsfiqa_core.contract import LEVELS
 from rsfiqa_core.device import resolve_device
 
@@ -27,24 +31,79 @@ class MissingExtraError(ImportError):
     """An optional dependency of the chosen describer is not installed."""
 
 
+SLOT_LABELS: dict[str, tuple[str, ...]] = {"level": LEVELS, "score": tuple(SCORE_DIGITS)}
+
+
 class Backend(Protocol):
     def generate(self, conversations: Sequence[Conversation], max_tokens: int,
                  sample_seed: int | None = None) -> list[str]: ...
 
-    def level_logprobs(self, conversations: Sequence[Conversation]) -> list[dict[str, float] | None]: ...
+    def slot_problem(self, kind: str) -> str | None: ...
+
+    def slot_logprobs(self, conversations: Sequence[Conversation], kind: str) -> list[dict[str, float]]: ...
 
     def config(self) -> dict[str, Any]: ...
 
     def provenance(self) -> dict[str, Any]: ...
 
 
-def level_token_ids(tokenizer: Any) -> tuple[dict[str, int] | None, str | None]:
-    """Token id of every level word with a leading space, or ``None`` and why when one splits."""
-    ids = {w: tokenizer.encode(" " + w, add_special_tokens=False) for w in LEVELS}
-    split = {w: t for w, t in ids.items() if len(t) != 1}
-    if split:
-        return None, f"level words are not single tokens of this tokenizer: {split}"
-    return {w: t[0] for w, t in ids.items()}, None
+@dataclass(frozen=True)
+class SlotTokens:
+    """How one answer slot is read from next-token log-probabilities: the token id of every label,
+    the text appended to the answer prefix so that the label's token comes next (``" "`` where the
+    tokenizer splits a space off, as Qwen's splits " 3" into " " and "3"), or why it cannot be read."""
+
+    ids: dict[str, int] | None
+    suffix: str = ""
+    problem: str | None = None
+
+
+def slot_tokens(tokenizer: Any, labels: Sequence[str]) -> SlotTokens:
+    """Each label as one token after a space: " good" as one token, or " " then "3" (:class:`SlotTokens`)."""
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    spaced = {w: encode(" " + w) for w in labels}
+    if all(len(t) == 1 for t in spaced.values()):
+        return SlotTokens({w: t[0] for w, t in spaced.items()})
+    space, bare = encode(" "), {w: encode(w) for w in labels}
+    if len(space) == 1 and all(len(bare[w]) == 1 and spaced[w] == space + bare[w] for w in labels):
+        return SlotTokens({w: bare[w][0] for w in labels}, suffix=" ")
+    return SlotTokens(None, problem=f"labels {list(labels)} are not single tokens of this tokenizer: {spaced}")
+
+
+def tokenizer_slots(tokenizer: Any) -> dict[str, SlotTokens]:
+    """:func:`slot_tokens` of every slot kind."""
+    return {kind: slot_tokens(tokenizer, labels) for kind, labels in SLOT_LABELS.items()}
+
+
+def with_suffix(conversation: Conversation, suffix: str) -> Conversation:
+    """``conversation`` with ``suffix`` appended to its final (unfinished assistant) message."""
+    if not suffix:
+        return conversation
+    last = conversation[-1]
+    return [*conversation[:-1], {**last, "content": last["content"] + suffix}]
+
+
+class SlotReader:
+    """The slot bookkeeping both backends share: ``self.slots`` from :func:`tokenizer_slots`."""
+
+    slots: dict[str, SlotTokens]
+
+    def slot_problem(self, kind: str) -> str | None:
+        return self.slots[kind].problem
+
+    def readable_slot(self, kind: str) -> SlotTokens:
+        """The slot's tokens; ``ValueError`` where the tokenizer cannot read it (callers check first)."""
+        slot = self.slots[kind]
+        if slot.ids is None:
+            raise ValueError(f"the {kind} slot has no log-probabilities here: {slot.problem}")
+        return slot
+
+    def slots_provenance(self) -> dict[str, Any]:
+        """What a shard records of the slots: label token ids, the prefix suffix and any problem."""
+        return {kind: {"token_ids": t.ids, "prefix_suffix": t.suffix, "problem": t.problem}
+                for kind, t in self.slots.items()}
 
 
 def _version(dist: str) -> str | None:
@@ -66,15 +125,16 @@ def import_vllm() -> Any:
     return vllm
 
 
-class VLLMBackend:
+class VLLMBackend(SlotReader):
     """Qwen2.5-VL (or another chat VLM) served in-process by ``vllm.LLM`` (APIS.md, vLLM).
 
     ``LLM.chat`` renders every conversation with the model's chat template (``image_pil`` content
     parts need a vLLM with PR #19635, mid-2025 releases on); with prefix caching
-    the eleven turns of a region re-use the KV cache of the turns before. Level log-probabilities
+    the eleven turns of a region re-use the KV cache of the turns before. Slot log-probabilities
     use ``SamplingParams(logprob_token_ids=...)`` where the installed vLLM has it (exactly the
-    five words), else the top-20 log-probs (``logprobs=20``) — a word outside the top 20 is then
-    reported absent, never guessed (:func:`annotate.describe.parsing.qalign_expectation`).
+    five level words, or the five digits), else the top-20 log-probs (``logprobs=20``) — a label
+    outside the top 20 is then reported absent, never guessed
+    (:func:`annotate.describe.parsing.qalign_expectation`).
     """
 
     def __init__(
@@ -108,7 +168,7 @@ class VLLMBackend:
         self.retry_temperature = retry_temperature
         self.top_logprobs = top_logprobs
         self.llm = vllm.LLM(**self.options)
-        self.level_ids, self.level_ids_problem = level_token_ids(self.llm.get_tokenizer())
+        self.slots = tokenizer_slots(self.llm.get_tokenizer())
         self.logprob_mode = "token_ids" if self._supports_logprob_token_ids() else f"top{top_logprobs}"
 
     def _supports_logprob_token_ids(self) -> bool:
@@ -127,28 +187,30 @@ class VLLMBackend:
         outputs = self.llm.chat(list(conversations), params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
 
-    def level_logprobs(self, conversations: Sequence[Conversation]) -> list[dict[str, float] | None]:
-        if self.level_ids is None:
-            return [None] * len(conversations)
+    def slot_logprobs(self, conversations: Sequence[Conversation], kind: str) -> list[dict[str, float]]:
+        """Exactly the slot's label ids (``logprob_token_ids``), or the top k; a label whose id the
+        engine did not return is left out (the describer reports it missing). vLLM's sampler returns
+        the sampled token first, then the requested ids (``Sampler.gather_specific_token_logprobs``)."""
+        slot = self.readable_slot(kind)
         if self.logprob_mode == "token_ids":
-            params = self.sampling_params(max_tokens=1, temperature=0.0, logprob_token_ids=list(self.level_ids.values()))
+            params = self.sampling_params(max_tokens=1, temperature=0.0, logprob_token_ids=list(slot.ids.values()))
         else:
             params = self.sampling_params(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
-        outputs = self.llm.chat(list(conversations), params, use_tqdm=False,
+        outputs = self.llm.chat([with_suffix(c, slot.suffix) for c in conversations], params, use_tqdm=False,
                                 add_generation_prompt=False, continue_final_message=True)
-        result: list[dict[str, float] | None] = []
+        result: list[dict[str, float]] = []
         for o in outputs:
             steps = o.outputs[0].logprobs
             first = steps[0] if steps else {}
-            result.append({w: float(first[i].logprob) for w, i in self.level_ids.items() if i in first})
+            result.append({w: float(first[i].logprob) for w, i in slot.ids.items() if i in first})
         return result
 
     def config(self) -> dict[str, Any]:
         return {**self.options, "retry_temperature": self.retry_temperature}
 
     def provenance(self) -> dict[str, Any]:
-        return {"backend": "vllm", "logprob_mode": self.logprob_mode, "level_token_ids": self.level_ids,
-                "level_token_problem": self.level_ids_problem, "versions": {"vllm": self.vllm_version}}
+        return {"backend": "vllm", "logprob_mode": self.logprob_mode, "slots": self.slots_provenance(),
+                "versions": {"vllm": self.vllm_version}}
 
 
 # --------------------------------------------------------------------------- transformers
@@ -181,7 +243,7 @@ def to_transformers_messages(conversation: Conversation) -> tuple[Conversation, 
     return messages, images
 
 
-class HFBackend:
+class HFBackend(SlotReader):
     """Qwen2.5-VL through transformers' ``Qwen2_5_VLForConditionalGeneration`` (CPU or GPU).
 
     ``model`` is a local path / hub name (loaded with ``from_pretrained``; a hub name downloads)
@@ -208,7 +270,7 @@ class HFBackend:
         self.processor.tokenizer.padding_side = "left"  # generation continues every row's last token
         self.batch_size = batch_size
         self.retry_temperature = retry_temperature
-        self.level_ids, self.level_ids_problem = level_token_ids(processor.tokenizer)
+        self.slots = tokenizer_slots(processor.tokenizer)
 
     def _inputs(self, conversations: Sequence[Conversation], continue_final: bool) -> Any:
         texts, images = [], []
@@ -240,24 +302,23 @@ class HFBackend:
             answers += self.processor.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return answers
 
-    def level_logprobs(self, conversations: Sequence[Conversation]) -> list[dict[str, float] | None]:
-        if self.level_ids is None:
-            return [None] * len(conversations)
+    def slot_logprobs(self, conversations: Sequence[Conversation], kind: str) -> list[dict[str, float]]:
+        """The slot's labels' next-token log-probabilities (log-softmax over the whole vocabulary)."""
+        slot = self.readable_slot(kind)
         torch = self.torch
-        words, ids = list(self.level_ids), list(self.level_ids.values())
-        result: list[dict[str, float] | None] = []
-        for chunk in self._chunks(conversations):
+        labels, ids = list(slot.ids), list(slot.ids.values())
+        result: list[dict[str, float]] = []
+        for chunk in self._chunks([with_suffix(c, slot.suffix) for c in conversations]):
             batch = self._inputs(chunk, continue_final=True)
             with torch.no_grad():
                 logits = self.model(**batch, logits_to_keep=1).logits[:, -1].float()
             logprobs = torch.log_softmax(logits, dim=-1)[:, ids]
-            result += [dict(zip(words, row)) for row in logprobs.tolist()]
+            result += [dict(zip(labels, row)) for row in logprobs.tolist()]
         return result
 
     def config(self) -> dict[str, Any]:
         return {"model": self.name, "batch_size": self.batch_size, "retry_temperature": self.retry_temperature}
 
     def provenance(self) -> dict[str, Any]:
-        return {"backend": "hf", "device": str(self.device), "level_token_ids": self.level_ids,
-                "level_token_problem": self.level_ids_problem,
+        return {"backend": "hf", "device": str(self.device), "slots": self.slots_provenance(),
                 "versions": {"transformers": _version("transformers"), "torch": self.torch.__version__}}

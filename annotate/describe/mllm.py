@@ -5,22 +5,33 @@ through ``1 + 2 * len(dims)`` turns: content, then level and score per dimension
 one batched backend call over all pending conversations of the batch (so vLLM batches across
 images and regions, and its prefix cache serves the growing conversations).
 
-Per region the record holds
+Per region the record holds (the paper asks one question for the level and another for the score)
 
 * ``content``: the content answer; ``levels``: the level word parsed from each level answer;
-* ``parsed_scores``: the number parsed from each score answer;
-* ``scores``: the Q-Align expectation over the five level words' log-probabilities at the level
-  answer's slot (the model continuing "From the <dim> dimension, the image quality level is")
-  when the backend gives them, else the parsed number; ``score_source`` says which per dimension.
+* ``scores``: the answer to the score question — where the backend gives log-probabilities
+  (``use_logprobs``), the Q-Align expectation over the digits 1..5 at the score answer's slot (the
+  model continuing "From the <dim> dimension, the image quality score is"), else the number parsed
+  from the answer; ``score_source`` says which per dimension (``"qalign"`` / ``"parsed"``; ``None``
+  where missing). The region text's score is this value.
+* ``level_expectations``: the Q-Align expectation over the five level words (weights 1..5) at the
+  level answer's slot; ``None`` without log-probabilities (records written before this key held
+  that value under ``scores``);
+* ``parsed_scores``: the number parsed from each score answer.
+
+Whether log-probabilities are used is decided once per run and slot kind (``use_logprobs`` and
+whether the backend's tokenizer reads every label as one token, ``Backend.slot_problem``), so the
+sources never mix within a sample. Where log-probabilities are used and a label's value is not
+returned (or the call fails), the value is ``None`` and ``missing_reason`` says why — the parsed
+number is never put in its place.
 
 A malformed answer is asked again up to ``max_retries`` times (sampled, seeded: a greedy retry
 would repeat itself); if it stays malformed the item is ``None`` and ``missing_reason`` says why
 — nothing is substituted. A backend call that raises (a timeout, a server error) or returns the
 wrong number of answers is repeated as it was, up to ``max_retries`` times; if it keeps failing,
 every item that call was for is ``None`` with the reason ``"backend error: <exception>"`` and the
-conversations go on with the next question (an empty answer stands in the history). Level
-log-probabilities that fail that way leave the parsed score in place, with a note.
-``levels`` / ``scores`` / ``parsed_scores`` are ``None`` as a whole when every dimension is missing.
+conversations go on with the next question (an empty answer stands in the history).
+``levels`` / ``scores`` / ``level_expectations`` / ``parsed_scores`` are ``None`` as a whole when
+every dimension is missing.
 Regions flagged invalid by the segmenter get ``missing_reason = "empty region"`` and no conversation.
 """
 from __future__ import annotations
@@ -34,13 +45,15 @@ from tqdm.auto import tqdm
 
 from annotate.describe import prompts
 from annotate.describe.backends import Backend, Conversation, HFBackend, VLLMBackend
-from annotate.describe.parsing import Parsed, parse_content, parse_level, parse_score, qalign_expectation
+from annotate.describe.parsing import (Parsed, digit_expectation, parse_content, parse_level, parse_score,
+                                       qalign_expectation)
 from rsfiqa_core.components import Segmentation
 from rsfiqa_core.contract import DIMENSIONS, missing_record
 from rsfiqa_core.imageio import check_rgb, downscale
 
 T = TypeVar("T")
 PARSERS: dict[str, Callable[[str], Parsed]] = {"content": parse_content, "level": parse_level, "score": parse_score}
+EXPECTATIONS: dict[str, Callable[[Any], Parsed]] = {"level": qalign_expectation, "score": digit_expectation}
 DEFAULT_MAX_TOKENS = {"content": 64, "level": 32, "score": 32}
 
 
@@ -63,15 +76,17 @@ class RegionChat:
     mask_image: Image.Image
     answers: list[str] = field(default_factory=list)
     parsed: dict[tuple[str, str | None], Parsed] = field(default_factory=dict)
-    qalign: dict[str, Parsed] = field(default_factory=dict)
+    expected: dict[tuple[str, str], Parsed] = field(default_factory=dict)  # (kind, dim) -> Q-Align expectation
 
 
 def _none_if_empty(values: dict[str, Any]) -> dict[str, Any] | None:
     return values if any(v is not None for v in values.values()) else None
 
 
-DESCRIBER_OPTIONS = ("max_retries", "dims", "hints", "image_long_side", "max_tokens", "seed", "use_level_logprobs",
+DESCRIBER_OPTIONS = ("max_retries", "dims", "hints", "image_long_side", "max_tokens", "seed", "use_logprobs",
                      "progress")
+OLD_OPTION_NAMES = {"use_level_logprobs": "use_logprobs"}  # records written before the score slot was read
+SCORES_FROM = "score answer: Q-Align expectation over the digits 1..5 at its slot, else the parsed number"
 
 
 class BackendFailure(Exception):
@@ -93,7 +108,7 @@ class MLLMDescriber:
         image_long_side: int = 448,
         max_tokens: dict[str, int] | None = None,
         seed: int = 0,
-        use_level_logprobs: bool = True,
+        use_logprobs: bool = True,
         progress: bool = False,
     ) -> None:
         unknown = set(dims) - set(DIMENSIONS)
@@ -106,7 +121,7 @@ class MLLMDescriber:
         self.image_long_side = image_long_side
         self.max_tokens = {**DEFAULT_MAX_TOKENS, **(max_tokens or {})}
         self.seed = seed
-        self.use_level_logprobs = use_level_logprobs
+        self.use_logprobs = use_logprobs
         self.progress = progress
 
     # ------------------------------------------------------------------ public API
@@ -140,17 +155,23 @@ class MLLMDescriber:
         """The describer's and its backend's constructor options."""
         return {"max_retries": self.max_retries, "dims": list(self.dims), "hints": self.hints,
                 "image_long_side": self.image_long_side, "max_tokens": dict(self.max_tokens), "seed": self.seed,
-                "use_level_logprobs": self.use_level_logprobs, **self.backend.config()}
+                "use_logprobs": self.use_logprobs, **self.backend.config()}
 
     def provenance(self) -> dict[str, Any]:
         """The prompt texts and the backend's block (its options, tokenizer ids and versions)."""
         return {"prompts": {"intro": prompts.IMAGES_INTRO, "content": prompts.question("content", None, self.hints),
                             "level": prompts.question("level", "<type>", self.hints),
                             "score": prompts.question("score", "<type>", self.hints),
-                            "level_answer_prefix": prompts.LEVEL_ANSWER_PREFIX},
+                            "level_answer_prefix": prompts.LEVEL_ANSWER_PREFIX,
+                            "score_answer_prefix": prompts.SCORE_ANSWER_PREFIX},
+                "scores_from": SCORES_FROM if self.reads_slot("score") else "score answer: the parsed number",
                 "backend": {**self.backend.config(), **self.backend.provenance()}}
 
     # ------------------------------------------------------------------ turns
+    def reads_slot(self, kind: str) -> bool:
+        """Whether ``kind``'s values come from log-probabilities in this run (decided once, never per item)."""
+        return kind in EXPECTATIONS and self.use_logprobs and self.backend.slot_problem(kind) is None
+
     def converse(self, chats: list[RegionChat]) -> None:
         """Run every question of :func:`prompts.question_kinds` over all ``chats``, one batch per turn."""
         if not chats:
@@ -158,21 +179,24 @@ class MLLMDescriber:
         for kind, dim in tqdm(prompts.question_kinds(self.dims), desc="MLLM turns", disable=not self.progress):
             conversations = [prompts.build_conversation(c.original, c.mask_image, c.answers, self.dims, self.hints)
                              for c in chats]
-            if kind == "level" and self.use_level_logprobs:
-                prefix = prompts.answer_prefix("level", dim)
-                try:
-                    logprobs = self.call_backend(self.backend.level_logprobs,
-                                                 [prompts.with_answer_prefix(m, prefix) for m in conversations])
-                except BackendFailure as failure:
-                    qalign = [Parsed(None, str(failure))] * len(chats)
-                else:
-                    qalign = [qalign_expectation(lp) for lp in logprobs]
-                for chat, q in zip(chats, qalign):
-                    chat.qalign[dim] = q
+            if self.reads_slot(kind):
+                for chat, expected in zip(chats, self.expectations(conversations, kind, dim)):
+                    chat.expected[(kind, dim)] = expected
             answers, parsed = self.ask(conversations, PARSERS[kind], self.max_tokens[kind])
             for chat, answer, p in zip(chats, answers, parsed):
                 chat.answers.append(answer.strip())
                 chat.parsed[(kind, dim)] = p
+
+    def expectations(self, conversations: list[Conversation], kind: str, dim: str) -> list[Parsed]:
+        """The Q-Align expectation at ``kind``'s answer slot of every conversation (``None`` + reason
+        where the backend failed or left a label out)."""
+        prefix = prompts.answer_prefix(kind, dim)
+        try:
+            logprobs = self.call_backend(self.backend.slot_logprobs,
+                                         [prompts.with_answer_prefix(m, prefix) for m in conversations], kind)
+        except BackendFailure as failure:
+            return [Parsed(None, str(failure))] * len(conversations)
+        return [EXPECTATIONS[kind](lp) for lp in logprobs]
 
     def call_backend(self, method: Callable[..., list[T]], conversations: list[Conversation], *args: Any,
                      **kwargs: Any) -> list[T]:
@@ -218,26 +242,31 @@ class MLLMDescriber:
         """The region's description record (module docstring) from its finished conversation."""
         levels = {d: chat.parsed[("level", d)].value for d in self.dims}
         parsed_scores = {d: chat.parsed[("score", d)].value for d in self.dims}
-        scores: dict[str, float | None] = {}
-        source: dict[str, str | None] = {}
-        for d in self.dims:
-            expectation = chat.qalign.get(d)
-            if expectation is not None and expectation.ok:
-                scores[d], source[d] = round(float(expectation.value), 4), "qalign"
-            else:
-                scores[d], source[d] = parsed_scores[d], ("parsed" if parsed_scores[d] is not None else None)
+        if self.reads_slot("score"):
+            expected = {d: chat.expected[("score", d)].value for d in self.dims}
+            scores = {d: self._rounded(v) for d, v in expected.items()}
+            source = {d: None if v is None else "qalign" for d, v in scores.items()}
+        else:
+            scores = dict(parsed_scores)
+            source = {d: None if v is None else "parsed" for d, v in scores.items()}
+        level_expectations = ({d: self._rounded(chat.expected[("level", d)].value) for d in self.dims}
+                              if self.reads_slot("level") else {})
         record: dict[str, Any] = {
             "content": chat.parsed[("content", None)].value,
             "levels": _none_if_empty(levels), "scores": _none_if_empty(scores),
+            "level_expectations": _none_if_empty(level_expectations),
             "parsed_scores": _none_if_empty(parsed_scores), "score_source": source,
         }
         reasons = [f"{kind}{'/' + dim if dim else ''}: {p.reason}" for (kind, dim), p in chat.parsed.items() if not p.ok]
+        reasons += [f"{kind} log-probabilities/{dim}: {p.reason}" for (kind, dim), p in chat.expected.items()
+                    if not p.ok]
         if reasons:
             record["missing_reason"] = "; ".join(reasons)
-        notes = [f"qalign/{d}: {q.reason}" for d, q in chat.qalign.items() if not q.ok]
-        if notes:
-            record["notes"] = notes
         return record
+
+    @staticmethod
+    def _rounded(value: float | None) -> float | None:
+        return None if value is None else round(float(value), 4)
 
 
 class BackendDescriber(MLLMDescriber):
@@ -247,6 +276,9 @@ class BackendDescriber(MLLMDescriber):
     backend_class: Any
 
     def __init__(self, **options: Any) -> None:
+        for old, new in OLD_OPTION_NAMES.items():
+            if old in options:
+                options[new] = options.pop(old)
         own = {k: options.pop(k) for k in DESCRIBER_OPTIONS if k in options}
         super().__init__(self.backend_class(**options), **own)
 

@@ -101,25 +101,35 @@ def parse_score(answer: str) -> Parsed:
     return _score_from_match(matches[0], answer)
 
 
-def qalign_expectation(logprobs: Mapping[str, float] | None) -> Parsed:
-    """Q-Align rule: softmax over the five level words' log-probabilities, dot with 1..5.
+SCORE_DIGITS: dict[str, float] = {str(i): float(i) for i in range(1, 6)}  # the score slot's labels
 
-    ``logprobs`` maps level words to the log-probability of the word as the next token. Any
-    level word absent (e.g. outside a server's top-k) gives ``None`` with the reason — the
-    expectation over a subset would be a different number, not an approximation of it.
+
+def qalign_expectation(logprobs: Mapping[str, float] | None, values: Mapping[str, float] = LEVEL_SCORE,
+                       what: str = "level words") -> Parsed:
+    """Q-Align rule: softmax over the labels' log-probabilities, dot with their values.
+
+    ``logprobs`` maps labels (the five level words by default, or with ``values=SCORE_DIGITS`` the
+    digits 1..5 of the score slot) to the log-probability of the label as the next token. Any label
+    absent (e.g. outside a server's top-k) gives ``None`` with the reason — the expectation over a
+    subset would be a different number, not an approximation of it.
     """
     if logprobs is None:
-        return Parsed(None, "no level log-probabilities")
-    missing = [w for w in LEVELS if w not in logprobs]
+        return Parsed(None, f"no log-probabilities of the {what}")
+    missing = [w for w in values if w not in logprobs]
     if missing:
-        return Parsed(None, f"level words {missing} absent from the returned log-probabilities")
-    values = [float(logprobs[w]) for w in LEVELS]
-    if any(math.isnan(v) for v in values) or max(values) == -math.inf:
-        return Parsed(None, f"unusable level log-probabilities {dict(zip(LEVELS, values))}")
-    top = max(values)
-    weights = [math.exp(v - top) for v in values]
-    total = sum(weights)
-    return Parsed(sum(w * LEVEL_SCORE[lv] for w, lv in zip(weights, LEVELS)) / total)
+        return Parsed(None, f"{what} {missing} absent from the returned log-probabilities")
+    labels = list(values)
+    logs = [float(logprobs[w]) for w in labels]
+    if any(math.isnan(v) for v in logs) or max(logs) == -math.inf:
+        return Parsed(None, f"unusable log-probabilities of the {what} {dict(zip(labels, logs))}")
+    top = max(logs)
+    weights = [math.exp(v - top) for v in logs]
+    return Parsed(sum(w * float(values[lb]) for w, lb in zip(weights, labels)) / sum(weights))
+
+
+def digit_expectation(logprobs: Mapping[str, float] | None) -> Parsed:
+    """The score slot's Q-Align expectation: over the digits 1..5, each weighted by its value."""
+    return qalign_expectation(logprobs, SCORE_DIGITS, "score digits")
 
 
 def score_to_level(score: float) -> str:

