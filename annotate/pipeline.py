@@ -6,22 +6,32 @@
    the order never depends on the file system;
 2. ``--limit`` keeps the first samples of that order; part ``i`` of ``N`` takes every N-th of them
    (``ordered[i::N]``), so N processes, one GPU each, can fill ONE output directory;
-3. samples whose key is in a completed shard (any part) are skipped: a rerun only does what is
-   missing (writer.py describes the resume rules);
-4. images load through ``rsfiqa_core.imageio.load_rgb``; an unreadable image is recorded as skipped
+3. every sample's image file is hashed (SHA-256 of its bytes, over the whole dataset so that all
+   parts agree): a second sample with the same bytes as an earlier one (the same file listed
+   under two names, or a copy) is skipped as ``duplicate image content``, so it can never sit in
+   two splits. Each record keeps what it was made from: the label values, the image checksum
+   (``checksums``, ``rsfiqa_core.contract``) and ``source`` = {root, file};
+4. samples whose key is in a completed shard (any part) are skipped: a rerun only does what is
+   missing (writer.py describes the resume rules). A finished sample whose label values
+   (``mos``, ``mos_range``, ``higher_better``, ``ref``, the adapter's extras) or image bytes differ
+   from what the dataset holds now is refused with an :class:`~annotate.config.AnnotateError`
+   naming the samples and what changed (a corrected MOS, a replaced image, another ``--root``,
+   a ``mos_range`` inferred anew from appended rows): the shards would otherwise keep the old data;
+5. images load through ``rsfiqa_core.imageio.load_rgb``; an unreadable image is recorded as skipped
    with its reason and the run goes on; how the file was read (Pillow mode, frame count) is kept
    in the record's ``image_info``, and an animated image (first frame used) also in the summary's
    ``notes``;
-5. segment, describe (``batch_size`` images at a time, :class:`annotate.api.Annotator`), build the
+6. segment, describe (``batch_size`` images at a time, :class:`annotate.api.Annotator`), build the
    contract record with the region texts, and write the original bytes + label map + record to the
    part's shards. When the segmenter or describer raises on a batch, the batch is redone image by
    image: an image that fails alone is skipped (stage ``segment`` / ``describe``, the exception in
    the reason) and the others go on. :data:`MAX_FAILURES_IN_A_ROW` such failures in a row end the run with
    an :class:`~annotate.config.AnnotateError` (a broken set-up, not bad images); the unfinished
    shard is dropped and a rerun resumes;
-6. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.
+7. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.
 
-The summary (printed and saved) counts the samples selected, already done, written and skipped
+The summary (printed and saved) names the first :data:`REPORTED_SKIPS` skipped items with their
+reasons (the saved file lists them all) and counts the samples selected, already done, written and skipped
 (each skip with its item, reason and stage, plus counts by reason), notes on images used with a
 documented conversion (animated: first frame), regions left without a
 description (by ``missing_reason``), and the seconds and images/s of each stage: ``load``
@@ -31,6 +41,7 @@ tar). One-time start-up costs (model loading, imports) are outside the stage clo
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -51,6 +62,7 @@ from annotate.segment import build_segmenter
 from annotate.types import Sample, Skipped
 from annotate.writer import (
     PartShardWriter,
+    stored_records,
     claim_settings,
     discard_outputs,
     part_lock,
@@ -59,12 +71,25 @@ from annotate.writer import (
     scan_shards,
     summary_path,
 )
-from rsfiqa_core.contract import CONTRACT_VERSION, clip_token_count, encode_sample, make_record, sample_key
+from rsfiqa_core.contract import (
+    CHECKSUMS_KEY,
+    CONTRACT_VERSION,
+    clip_token_count,
+    content_hash,
+    encode_sample,
+    image_ext,
+    make_record,
+    sample_key,
+)
 from rsfiqa_core.imageio import ImageError, load_rgb
 
 T = TypeVar("T")
 STAGES = ("load", "segment", "describe", "write")
 MAX_FAILURES_IN_A_ROW = 10  # images failing in segmenter/describer one after another: stop the run
+REPORTED_SKIPS = 20  # skipped items named in the printed summary (the saved summary lists all)
+DUPLICATE_CONTENT = "duplicate image content"
+LABEL_FIELDS = ("mos", "mos_range", "higher_better", "ref")  # compared with finished samples on a rerun
+SOURCE_KEY = "source"
 # Installed packages whose version can change the bytes of a shard (recorded, and part of the
 # settings fingerprint); a package that is not installed is recorded as null.
 VERSIONED_PACKAGES = ("numpy", "pillow", "scipy", "scikit-image", "torch", "segment-anything",
@@ -90,6 +115,7 @@ class Summary:
     shards_written: list[str] = field(default_factory=list)
     discarded_temp_files: list[str] = field(default_factory=list)
     index_count: int = 0
+    summary_file: str = ""
 
     def skipped_by_reason(self) -> dict[str, int]:
         """Skips counted by their reason without the parenthesised detail."""
@@ -114,6 +140,11 @@ class Summary:
                  f"skipped {len(self.skipped)}; index.json now counts {self.index_count} samples",
                  f"  wall {self.wall_seconds:.1f}s; {stages}"]
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
+        if self.skipped:
+            shown = self.skipped[:REPORTED_SKIPS]
+            lines.append(f"  skipped items ({len(shown)} of {len(self.skipped)}; all under 'skipped' in "
+                         f"{self.summary_file or 'the saved summary'}):")
+            lines += [f"    {s['item']}: {s['reason']}" for s in shown]
         lines += [f"  note x{n}: {note}" for note, n in Counter(n["note"] for n in self.notes).most_common()]
         lines += [f"  missing region descriptions x{n}: {reason}" for reason, n in self.missing_descriptions.items()]
         return "\n".join(lines)
@@ -166,6 +197,73 @@ def select_part(ordered: Sequence[tuple[str, Sample]], part: tuple[int, int],
     """The first ``limit`` samples of the key order, then every N-th from position i."""
     i, n = part
     return list(ordered[:limit][i::n])
+
+
+def image_hashes(ordered: Sequence[tuple[str, Sample]]) -> dict[str, str | None]:
+    """Key -> SHA-256 of the image file's bytes (None for an empty or unreadable file: loading
+    reports those with their own reason)."""
+    hashes: dict[str, str | None] = {}
+    for key, sample in ordered:
+        try:
+            data = Path(sample.image_path).read_bytes()
+        except OSError:
+            data = b""
+        hashes[key] = content_hash(data) if data else None
+    return hashes
+
+
+def drop_same_content(ordered: Sequence[tuple[str, Sample]], hashes: Mapping[str, str | None]
+                      ) -> tuple[list[tuple[str, Sample]], list[Skipped]]:
+    """The samples without a byte-identical earlier one (in key order); the others as skips."""
+    first: dict[str, Sample] = {}
+    kept, skipped = [], []
+    for key, sample in ordered:
+        digest = hashes.get(key)
+        if digest is not None and digest in first:
+            skipped.append(Skipped(sample.image_name, f"{DUPLICATE_CONTENT} (same bytes as "
+                                                      f"{first[digest].image_name}, which is kept)"))
+            continue
+        if digest is not None:
+            first[digest] = sample
+        kept.append((key, sample))
+    return kept, skipped
+
+
+def record_source(ordered: Sequence[tuple[str, Sample]], root: Path) -> None:
+    """Put ``source`` = {root, file} into each sample's record extras (what the sample was made from)."""
+    base = root.resolve()
+    for _, sample in ordered:
+        sample.extra[SOURCE_KEY] = {"root": str(base), "file": os.path.relpath(Path(sample.image_path).resolve(), base)}
+
+
+def sample_changes(sample: Sample, digest: str | None, stored: Mapping[str, Any]) -> list[str]:
+    """What differs between a finished sample's stored record and the sample as the dataset has it now."""
+    now = {"mos": float(sample.mos), "mos_range": [float(x) for x in sample.mos_range],
+           "higher_better": bool(sample.higher_better), "ref": sample.ref,
+           **{k: v for k, v in sample.extra.items() if k != SOURCE_KEY}}
+    now = json.loads(json.dumps(now))  # as the JSON record stores it
+    changes = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in now.items() if stored.get(k) != v]
+    old_digest = (stored.get(CHECKSUMS_KEY) or {}).get(image_ext(sample.image_name))
+    if old_digest is not None and old_digest != digest:
+        old_root = (stored.get(SOURCE_KEY) or {}).get("root")
+        changes.append("image bytes differ" + (f" (annotated from {old_root})" if old_root else ""))
+    return changes
+
+
+def check_unchanged(out: Path, root: Path, finished: Sequence[tuple[str, Sample]],
+                    hashes: Mapping[str, str | None]) -> None:
+    """Refuse (module docstring, step 4) when finished samples were made from other inputs."""
+    records = stored_records(out, {key for key, _ in finished})
+    changed = [f"{sample.image_name}: {', '.join(changes)}" for key, sample in finished
+               if key in records and (changes := sample_changes(sample, hashes.get(key), records[key]))]
+    if not changed:
+        return
+    hint = (" (a mos_range inferred from the rows changes when rows are added: set dataset.mos_range)"
+            if any("mos_range" in c for c in changed) else "")
+    raise AnnotateError(f"{out}: {len(changed)} finished sample(s) were made from other inputs than {root} holds "
+                        f"now, e.g. {'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''}{hint}; the "
+                        f"shards would keep the old labels or images: rerun with --force-new to annotate again, "
+                        f"or restore the inputs")
 
 
 def built(what: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -304,6 +402,9 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     name = adapter.dataset_name
     samples, adapter_skips = adapter.load(Path(root))
     ordered, duplicate_skips = order_samples(samples)
+    hashes = image_hashes(ordered)
+    ordered, content_skips = drop_same_content(ordered, hashes)
+    record_source(ordered, Path(root))
     selected = select_part(ordered, part, limit)
 
     segmenter = built("segmenter", build_segmenter, {**section(cfg, "segmenter"), "num_regions": cfg.num_regions})
@@ -320,11 +421,12 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     prefix = part_prefix(name, *part)
     summary = Summary(dataset=name, part=f"{part[0]}/{part[1]}", out=str(out), selected=len(selected))
     summary.skipped += [{"item": s.item, "reason": s.reason, "stage": "labels"}
-                        for s in [*adapter_skips, *duplicate_skips]]
+                        for s in [*adapter_skips, *duplicate_skips, *content_skips]]
     with part_lock(out, prefix):
         writer = PartShardWriter(out, prefix, cfg.shards.maxcount, cfg.shards.maxsize)
         summary.discarded_temp_files = [p.name for p in writer.discard_temp_files()]
         done = {k for keys in scan_shards(out).values() for k in keys}
+        check_unchanged(out, Path(root), [(k, s) for k, s in selected if k in done], hashes)
         todo = [(k, s) for k, s in selected if k not in done]
         summary.already_done = len(selected) - len(todo)
         clock, guard = StageClock(summary), FailureGuard()
@@ -339,5 +441,6 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     summary.index_count = sum(len(keys) for keys in shards.values())
     summary.wall_seconds = time.perf_counter() - t_start
     path = summary_path(out, name, *part)
+    summary.summary_file = str(path)
     path.write_text(json.dumps(summary.to_dict(), indent=1, sort_keys=True))
     return summary

@@ -141,10 +141,10 @@ def test_cli_scores_good_images_reports_corrupt_one_and_exits_2(cli_run):
 
 
 @pytest.mark.slow
-def test_cli_writes_one_two_panel_heatmap_per_good_image(cli_run):
+def test_cli_writes_one_two_panel_heatmap_per_good_image(cli_run, photos):
     _, _, rows, heatmaps = cli_run
-    pngs = sorted(p.name for p in heatmaps.glob("*.png"))
-    assert pngs == sorted(f"{Path(name).stem}.png" for name in rows)
+    pngs = sorted(str(p.relative_to(heatmaps)) for p in heatmaps.rglob("*.png"))  # sub/10.png -> sub/10.png.heatmap.png
+    assert pngs == sorted(f"{Path(row['image']).relative_to(photos)}.heatmap.png" for row in rows.values())
     for row in rows.values():
         with Image.open(row["heatmap"]) as img:
             assert img.format == "PNG" and img.width > 1.5 * img.height  # image panel + attention panel
