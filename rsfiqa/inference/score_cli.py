@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
@@ -258,9 +259,18 @@ def prepare_heatmap_folder(folder: Path, paths: Sequence[str]) -> Path:
     except OSError as err:
         raise ScoringSetupError(f"--heatmap {folder}: cannot be created ({one_line(err)}); choose another "
                                 f"folder") from err
-    if not os.access(folder, os.W_OK):
+    if not can_create_files(folder):
         raise ScoringSetupError(f"--heatmap {folder}: not writable; choose another folder")
     return folder
+
+
+def can_create_files(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried: permissions alone miss read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def check_writable_file(option: str, path: Path) -> None:
@@ -268,7 +278,7 @@ def check_writable_file(option: str, path: Path) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ScoringSetupError(f"{option} {path}: folder {folder} does not exist (create it first)")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not can_create_files(folder) or (path.exists() and not os.access(path, os.W_OK)):
         raise ScoringSetupError(f"{option} {path}: {folder} is not writable (choose another folder)")
 
 
