@@ -10,6 +10,7 @@ import errno
 import json
 import shutil
 import sys
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from rsfiqa.inference import score_cli
 from rsfiqa.inference.scorer import Scorer
 from rsfiqa.model.net import NetConfig
 from rsfiqa_core import contract
+from rsfiqa_core.usererrors import one_line
 from conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,6 +308,12 @@ def test_disk_full(dataset, tmp_path, monkeypatch, capsys):
     assert status == 1 and err == [f"annotate: error: {tmp_path / 'out' / 'csv-p0of1-000000.tar.tmp'}: No space left "
                                    f"on device; free space there or choose another folder"]
     assert not list((tmp_path / "out").glob("*.tmp")), "the unfinished shard is dropped"
+    full = open("/dev/full", "w")  # scoring: every write there hits a full disk
+    with pytest.raises(OSError) as err:
+        score_cli.ResultWriter(full, ".csv", heatmaps=False, name="scores.csv")
+    with suppress(OSError):  # closing flushes the rest: a full disk again
+        full.close()
+    assert one_line(err.value) == "scores.csv: No space left on device; free space there or choose another folder"
 
 
 def test_skipped_names_in_summary(tmp_path):
