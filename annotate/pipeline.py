@@ -241,13 +241,18 @@ def sample_changes(sample: Sample, digest: str | None, stored: Mapping[str, Any]
     now = {"mos": float(sample.mos), "mos_range": [float(x) for x in sample.mos_range],
            "higher_better": bool(sample.higher_better), "ref": sample.ref,
            **{k: v for k, v in sample.extra.items() if k != SOURCE_KEY}}
-    now = json.loads(json.dumps(now))  # as the JSON record stores it
-    changes = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in now.items() if stored.get(k) != v]
+    now = json.loads(json.dumps(now))  # as the JSON record stores it (lists, floats)
+    changes = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in now.items() if not same_json(stored.get(k), v)]
     old_digest = (stored.get(CHECKSUMS_KEY) or {}).get(image_ext(sample.image_name))
     if old_digest is not None and old_digest != digest:
         old_root = (stored.get(SOURCE_KEY) or {}).get("root")
         changes.append("image bytes differ" + (f" (annotated from {old_root})" if old_root else ""))
     return changes
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values (so a NaN extra equals itself)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def check_unchanged(out: Path, root: Path, finished: Sequence[tuple[str, Sample]],

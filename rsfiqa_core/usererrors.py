@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 DEBUG_FLAG = "--debug"
 EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
+WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"  # torch's re-raise of a DataLoader worker error
 
 
 def pop_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -31,6 +32,9 @@ def one_line(err: BaseException) -> str:
         text = f"{where}{err.strerror}{hint}"
     else:
         text = str(err) or type(err).__name__
+    if WORKER_TRACEBACK in text:  # re-raised from a DataLoader worker: its own message ends the traceback
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(text.split())
 
 

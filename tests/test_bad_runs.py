@@ -475,6 +475,19 @@ def test_shards_folder_missing_or_empty(tmp_path, tiny_model_args, capsys):
         assert not any("Traceback" in line for line in err)
 
 
+def test_shard_error_in_a_dataloader_worker_is_one_line(synth_shards, tmp_path):
+    shards = Path(shutil.copytree(synth_shards, tmp_path / "s"))
+    badinputs.zero_member_bytes(sorted(shards.glob("*.tar"))[0], ".regions.png", count=40)
+    dm = ShardDataModule(train_shards=str(shards), image_size=32, batch_size=4, num_workers=1)
+    dm.setup("predict")
+    with pytest.raises(contract.ContractError) as err:
+        list(dm.predict_dataloader())
+    assert "Original Traceback" in str(err.value)  # torch wraps the worker's traceback into the message
+    line = one_line(err.value)
+    assert line.startswith(f"{sorted(shards.glob('*.tar'))[0]}:") and "member 'regions.png' does not match" in line
+    assert "Traceback" not in line
+
+
 def test_debug_flag(dataset, tmp_path, score, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1,\n")

@@ -137,8 +137,11 @@ class Scan:
         self.excluded: set[Path] = set()
 
     def add(self, path: Path) -> None:
-        """One file or link met in a folder or glob: kept, an error, or noted."""
-        if path.is_symlink() and not path.exists():
+        """One file or link met in a folder or glob: kept, an error, or noted (or passed over: an output folder)."""
+        hidden_by = next((e for e in self.exclude if is_within(path, e)), None)
+        if hidden_by is not None:
+            self.excluded.add(hidden_by)
+        elif path.is_symlink() and not path.exists():
             if is_image_name(path):
                 self.errors.append(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)")
             else:
@@ -148,11 +151,7 @@ class Scan:
 
     def add_folder(self, folder: Path) -> None:
         for path in sorted(folder.rglob("*")):
-            hidden_by = next((e for e in self.exclude if is_within(path, e)), None)
-            if hidden_by is not None:
-                self.excluded.add(hidden_by)
-            else:
-                self.add(path)
+            self.add(path)
 
     def notes(self) -> list[str]:
         notes = [f"not scanning {folder} (this run's --heatmap folder)" for folder in sorted(self.excluded)]
