@@ -1,7 +1,7 @@
 """Command line of the annotation stage (``python -m annotate`` / ``make annotate``).
 
     python -m annotate --dataset koniq --root /data/koniq10k --out shards/koniq \
-        [--config configs/annotate/paper.yaml] [--part i/N] [--limit N] [--force-new] \
+        [--config configs/annotate/paper.yaml] [--part i/N] [--limit N] [--force-new] [--redo-changed] \
         [segmenter.checkpoint=/models/sam_vit_h_4b8939.pth batch_size=16 ...]
 
 Exit status 0 when the run completes (skipped samples are reported, not fatal); 1 with a
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N samples in key order (trials)")
     p.add_argument("--force-new", action="store_true",
                    help="delete the shards already in --out instead of refusing other settings")
+    p.add_argument("--redo-changed", action="store_true",
+                   help="annotate finished samples again whose labels or image bytes changed, instead of refusing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. segmenter.name=sam")
@@ -58,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         cfg = load_config(args.config, args.overrides)
         summary = annotate(args.dataset, args.root, args.out, cfg, part=parse_part(args.part), limit=args.limit,
-                           force_new=args.force_new, progress=not args.no_progress)
+                           force_new=args.force_new, progress=not args.no_progress,
+                           redo_changed=args.redo_changed)
         print(summary.report())
         return 0
 

@@ -16,7 +16,9 @@
    (``mos``, ``mos_range``, ``higher_better``, ``ref``, the adapter's extras) or image bytes differ
    from what the dataset holds now is refused with an :class:`~annotate.config.AnnotateError`
    naming the samples and what changed (a corrected MOS, a replaced image, another ``--root``,
-   a ``mos_range`` inferred anew from appended rows): the shards would otherwise keep the old data;
+   a ``mos_range`` inferred anew from appended rows): the shards would otherwise keep the old data.
+   With ``redo_changed`` (``--redo-changed``) those samples are removed from their shards
+   (``writer.drop_samples``) and annotated again instead;
 5. images load through ``rsfiqa_core.imageio.load_rgb``; an unreadable image is recorded as skipped
    with its reason and the run goes on; how the file was read (Pillow mode, frame count) is kept
    in the record's ``image_info``, and an animated image (first frame used) also in the summary's
@@ -62,6 +64,7 @@ from annotate.segment import build_segmenter
 from annotate.types import Sample, Skipped
 from annotate.writer import (
     PartShardWriter,
+    drop_samples,
     stored_records,
     claim_settings,
     discard_outputs,
@@ -116,6 +119,7 @@ class Summary:
     discarded_temp_files: list[str] = field(default_factory=list)
     index_count: int = 0
     summary_file: str = ""
+    redone: list[str] = field(default_factory=list)  # finished samples done again: "<image>: <what changed>"
 
     def skipped_by_reason(self) -> dict[str, int]:
         """Skips counted by their reason without the parenthesised detail."""
@@ -139,6 +143,7 @@ class Summary:
                  f"  selected {self.selected}, already done {self.already_done}, written {self.written}, "
                  f"skipped {len(self.skipped)}; index.json now counts {self.index_count} samples",
                  f"  wall {self.wall_seconds:.1f}s; {stages}"]
+        lines += [f"  redone (inputs changed): {item}" for item in self.redone[:REPORTED_SKIPS]]
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
         if self.skipped:
             shown = self.skipped[:REPORTED_SKIPS]
@@ -255,20 +260,22 @@ def same_json(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def check_unchanged(out: Path, root: Path, finished: Sequence[tuple[str, Sample]],
-                    hashes: Mapping[str, str | None]) -> None:
-    """Refuse (module docstring, step 4) when finished samples were made from other inputs."""
+def changed_samples(out: Path, finished: Sequence[tuple[str, Sample]],
+                    hashes: Mapping[str, str | None]) -> dict[str, str]:
+    """Key -> ``"<image>: <what changed>"`` of the finished samples made from other inputs than now."""
     records = stored_records(out, {key for key, _ in finished})
-    changed = [f"{sample.image_name}: {', '.join(changes)}" for key, sample in finished
-               if key in records and (changes := sample_changes(sample, hashes.get(key), records[key]))]
-    if not changed:
-        return
+    return {key: f"{sample.image_name}: {', '.join(changes)}" for key, sample in finished
+            if key in records and (changes := sample_changes(sample, hashes.get(key), records[key]))}
+
+
+def refuse_changed(out: Path, root: Path, changed: Sequence[str]) -> None:
+    """The error of module docstring step 4, naming the first changed samples."""
     hint = (" (a mos_range inferred from the rows changes when rows are added: set dataset.mos_range)"
             if any("mos_range" in c for c in changed) else "")
     raise AnnotateError(f"{out}: {len(changed)} finished sample(s) were made from other inputs than {root} holds "
                         f"now, e.g. {'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''}{hint}; the "
-                        f"shards would keep the old labels or images: rerun with --force-new to annotate again, "
-                        f"or restore the inputs")
+                        f"shards would keep the old labels or images: rerun with --redo-changed to annotate "
+                        f"them again, --force-new to start over, or restore the inputs")
 
 
 def built(what: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -399,8 +406,10 @@ def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator, wr
 
 # --------------------------------------------------------------------------- the run
 def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, part: tuple[int, int] = (0, 1),
-             limit: int | None = None, force_new: bool = False, progress: bool = True) -> Summary:
-    """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``."""
+             limit: int | None = None, force_new: bool = False, progress: bool = True,
+             redo_changed: bool = False) -> Summary:
+    """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``;
+    ``redo_changed``: annotate finished samples whose inputs changed again instead of refusing."""
     t_start = time.perf_counter()
     out = Path(out)
     adapter = built(f"dataset {dataset!r}", get_adapter, dataset, **section(cfg, "dataset"))
@@ -431,7 +440,12 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
         writer = PartShardWriter(out, prefix, cfg.shards.maxcount, cfg.shards.maxsize)
         summary.discarded_temp_files = [p.name for p in writer.discard_temp_files()]
         done = {k for keys in scan_shards(out).values() for k in keys}
-        check_unchanged(out, Path(root), [(k, s) for k, s in selected if k in done], hashes)
+        changed = changed_samples(out, [(k, s) for k, s in selected if k in done], hashes)
+        if changed and not redo_changed:
+            refuse_changed(out, Path(root), list(changed.values()))
+        drop_samples(out, set(changed))
+        summary.redone = sorted(changed.values())
+        done -= set(changed)
         todo = [(k, s) for k, s in selected if k not in done]
         summary.already_done = len(selected) - len(todo)
         clock, guard = StageClock(summary), FailureGuard()

@@ -109,6 +109,36 @@ def stored_records(out_dir: Path, keys: set[str]) -> dict[str, dict[str, Any]]:
     return records
 
 
+def drop_samples(out_dir: Path, keys: set[str]) -> list[Path]:
+    """Rewrite every completed shard holding any of ``keys`` without them (same member bytes and tar
+    settings, written under a temp name and renamed); a shard left empty is deleted. Returns the
+    shards changed. Used to redo samples whose inputs changed; run it under the part's lock."""
+    changed: list[Path] = []
+    for path in completed_shards(out_dir) if keys else []:
+        if keys.isdisjoint(shard_keys(path)):
+            continue
+        members = [(key, ext, read()) for key, ext, read in tar_members(str(path))]
+        changed.append(path)
+        samples: dict[str, dict[str, bytes]] = {}
+        for key, ext, data in members:
+            if key not in keys:
+                samples.setdefault(key, {})[ext] = data
+        if not samples:
+            path.unlink()
+            continue
+        temp = path.with_name(f".{path.name}.rewrite{TMP_SUFFIX}")
+        with naming_the_file(temp), open(temp, "wb") as f:
+            with TarWriter(f, user=TAR_OWNER, group=TAR_OWNER, mode=0o444, encoder=False, mtime=TAR_MTIME) as tar:
+                for key, sample in samples.items():
+                    tar.write({"__key__": key, **sample})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    if changed:
+        _fsync_dir(out_dir)
+    return changed
+
+
 # --------------------------------------------------------------------------- settings fingerprint
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}

@@ -219,8 +219,19 @@ def test_mos_corrected(dataset, tmp_path):
     run_annotate(dataset, tmp_path / "out")
     set_labels(dataset, [("good_0.jpg", "20.0"), ("good_1.jpg", "55.0"), ("good_2.jpg", "80.0")])
     with pytest.raises(AnnotateError, match=r"1 finished sample\(s\) were made from other inputs .*good_1\.jpg: "
-                                            r"mos 50\.0 -> 55\.0.*--force-new"):
+                                            r"mos 50\.0 -> 55\.0.*--redo-changed.*--force-new"):
         run_annotate(dataset, tmp_path / "out")
+    # --redo-changed: that sample is taken out of its shard and annotated again; the other shards stay as they were
+    shards = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.tar")}
+    summary = annotate("csv", dataset, tmp_path / "out", load_config(None, OVERRIDES), progress=False,
+                       redo_changed=True)
+    assert summary.redone == ["good_1.jpg: mos 50.0 -> 55.0"] and summary.written == 1 and summary.index_count == 3
+    assert "redone (inputs changed): good_1.jpg: mos 50.0 -> 55.0" in summary.report()
+    assert sorted((r["image"], r["mos"]) for r in read_records(tmp_path / "out")) == [
+        ("good_0.jpg", 20.0), ("good_1.jpg", 55.0), ("good_2.jpg", 80.0)]
+    holding = {name for name, data in shards.items() if b"good_1" in data}
+    assert all((tmp_path / "out" / name).read_bytes() == data for name, data in shards.items() if name not in holding)
+    assert run_annotate(dataset, tmp_path / "out").already_done == 3  # and now nothing differs
 
 
 def test_image_replaced(dataset, tmp_path):
