@@ -85,6 +85,7 @@ from rsfiqa_core.contract import (
     sample_key,
 )
 from rsfiqa_core.imageio import ImageError, load_rgb
+from rsfiqa_core.usererrors import naming_the_file
 
 T = TypeVar("T")
 STAGES = ("load", "segment", "describe", "write")
@@ -461,5 +462,6 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     summary.wall_seconds = time.perf_counter() - t_start
     path = summary_path(out, name, *part)
     summary.summary_file = str(path)
-    path.write_text(json.dumps(summary.to_dict(), indent=1, sort_keys=True))
+    with naming_the_file(path):
+        path.write_text(json.dumps(summary.to_dict(), indent=1, sort_keys=True))
     return summary

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from rsfiqa_core.usererrors import naming_the_file
+
 CONTRACT_VERSION = 1
 DIMENSIONS: tuple[str, ...] = ("color", "noise", "artifact", "blur", "overall")
 LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "excellent")  # scores 1..5
@@ -285,7 +287,8 @@ def write_index(shard_dir: str | Path, shards: Iterable[str], count: int, datase
     data = {"contract_version": CONTRACT_VERSION, "dataset": dataset.lower(), "count": int(count),
             "shards": sorted(shards), "annotator": dict(annotator), **extra}
     tmp = shard_dir / f"{INDEX_NAME}.{os.getpid()}.tmp"  # per-process: concurrent writers never share it
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with naming_the_file(tmp):
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(shard_dir / INDEX_NAME)
     return shard_dir / INDEX_NAME
 
