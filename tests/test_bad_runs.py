@@ -499,7 +499,7 @@ def test_shard_error_in_a_dataloader_worker_is_one_line(synth_shards, tmp_path):
     assert "Traceback" not in line
 
 
-def test_debug_flag(dataset, tmp_path, score, capsys):
+def test_debug_flag(dataset, tmp_path, score, tiny_model_args, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1,\n")
     with pytest.raises(AnnotateError):
@@ -509,4 +509,4 @@ def test_debug_flag(dataset, tmp_path, score, capsys):
     with pytest.raises(score_cli.ScoringSetupError, match="does not exist"):
         score(tmp_path / "p", "--out", tmp_path / "nowhere" / "s.csv", "--debug")
     with pytest.raises(contract.ContractError, match="shard directory not found"):
-        fit(tmp_path, ["--data.train_shards", str(tmp_path / "none"), "--trainer.accelerator", "cpu", "--debug"], capsys)
+        fit(tmp_path, [*fit_args(tmp_path / "none", tiny_model_args), "--debug"], capsys)

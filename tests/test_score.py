@@ -29,7 +29,7 @@ from rsfiqa.data.sample import SampleReader
 from rsfiqa.inference.heatmap import quality_overlay
 from rsfiqa_core.imageio import decode_rgb
 from rsfiqa.model.text import FROM_CHECKPOINT, TextEncoder
-from rsfiqa.inference.score_cli import expand_paths
+from rsfiqa.inference.score_cli import scan_paths
 from annotate.describe import DESCRIBERS
 from annotate.registry import component_record, recorded_config
 from rsfiqa.inference.scorer import ScoringSetupError
@@ -288,12 +288,14 @@ def test_setup_errors_exit_1(checkpoint, photos, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- pieces
-def test_expand_paths_recurses_folders_filters_globs_and_reports_missing(photos):
-    files, errors = expand_paths([str(photos), str(photos / "sub" / "*"), str(photos / "nothing*.jpg"),
-                                  str(photos / "gone.png"), str(photos / "notes.txt")])
+def test_scan_paths_recurses_folders_filters_globs_and_reports_missing(photos):
+    scan = scan_paths([str(photos), str(photos / "sub" / "*"), str(photos / "nothing*.jpg"),
+                       str(photos / "gone.png"), str(photos / "notes.txt")])
+    files, errors = scan.files, scan.errors
     names = [f.name for f in files]
     assert "notes.txt" in names and names.count("10.png") == 1  # named explicitly: kept; found twice: once
     assert "broken.jpg" in names and FULL_SIZE in names and len(names) == 7
+    assert scan.other_files == [], "notes.txt is scored (named), so no note passes it over"
     assert errors == [f"{photos / 'nothing*.jpg'}: no image file matches this pattern",
                       f"{photos / 'gone.png'}: no such file or directory"]
 

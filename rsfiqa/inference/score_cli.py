@@ -126,6 +126,10 @@ def is_within(path: Path, folder: Path) -> bool:
     return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
+def broken_link_error(link: Path) -> str:
+    return f"{link}: broken symbolic link (its target {os.readlink(link)} does not exist)"
+
+
 class Scan:
     """What the PATHs name: image files to score, error lines, and what was passed over (notes)."""
 
@@ -143,7 +147,7 @@ class Scan:
             self.excluded.add(hidden_by)
         elif path.is_symlink() and not path.exists():
             if is_image_name(path):
-                self.errors.append(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)")
+                self.errors.append(broken_link_error(path))
             else:
                 self.other_files.append(path)
         elif path.is_file():
@@ -173,7 +177,7 @@ def scan_paths(paths: Iterable[str], exclude: Sequence[Path] = ()) -> Scan:
         elif path.is_file():
             scan.files.append(path)
         elif path.is_symlink():
-            scan.errors.append(f"{text}: broken symbolic link (its target {os.readlink(path)} does not exist)")
+            scan.errors.append(broken_link_error(path))
         elif GLOB_CHARS & set(text):
             before = len(scan.files)
             for match in (Path(m) for m in sorted(glob.glob(text, recursive=True))):
@@ -186,13 +190,8 @@ def scan_paths(paths: Iterable[str], exclude: Sequence[Path] = ()) -> Scan:
         else:
             scan.errors.append(f"{text}: no such file or directory")
     scan.files = list(dict.fromkeys(scan.files))
+    scan.other_files = [p for p in dict.fromkeys(scan.other_files) if p not in set(scan.files)]  # named: scored
     return scan
-
-
-def expand_paths(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """(image files to score, one error line per PATH that names nothing or per broken link)."""
-    scan = scan_paths(paths)
-    return scan.files, scan.errors
 
 
 # --------------------------------------------------------------------------- outputs
