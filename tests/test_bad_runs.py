@@ -160,8 +160,8 @@ def test_interrupted_scoring(score, shipped_scorer, tmp_path, monkeypatch):
     monkeypatch.setattr(Scorer, "iter_scored", interrupted)
     status, err = score(tmp_path / "p", "--out", tmp_path / "s.json", "--batch-size", "1")
     assert status == 130 and err[-1] == "rsfiqa score: interrupted; the images scored so far are in the output"
-    text = (tmp_path / "s.json").read_text()
-    assert [Path(r["image"]).name for r in json.loads(text + "]")] == ["a.jpg", "b.png"]
+    records = json.loads((tmp_path / "s.json").read_text())  # a complete JSON list
+    assert [Path(r["image"]).name for r in records] == ["a.jpg", "b.png"]
 
 
 def test_out_in_missing_folder(score, tmp_path):

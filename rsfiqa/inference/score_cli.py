@@ -297,11 +297,18 @@ def caption(record: dict[str, Any], scorer: Scorer) -> str:
             f"normalised {record['score_norm']:.3f})")
 
 
-def write_heatmap(scored: Scored, path: Path, scorer: Scorer, attn_token: tuple[int, int] | None) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    render_heatmap(path, scored.rgb, scored.label_map, scored.record["regions"], caption(scored.record, scorer),
-                   scored.attention, attn_token)
-    return str(path)
+def add_heatmap(scored: Scored, path: Path, scorer: Scorer, attn_token: tuple[int, int] | None) -> str | None:
+    """Write the image's heatmap and put its path in the record; when that fails the record keeps an
+    empty ``heatmap`` (its score stays) and the error line is returned."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_heatmap(path, scored.rgb, scored.label_map, scored.record["regions"], caption(scored.record, scorer),
+                       scored.attention, attn_token)
+    except OSError as err:
+        scored.record["heatmap"] = ""
+        return f"{scored.record['image']}: heatmap not written ({one_line(err)}); its score is in the output"
+    scored.record["heatmap"] = str(path)
+    return None
 
 
 # --------------------------------------------------------------------------- main
@@ -344,27 +351,28 @@ def run(args: argparse.Namespace) -> int:
         stream = stack.enter_context(open(args.out, "w", newline="", encoding="utf-8")) if args.out else sys.stdout
         writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None, mos=mos is not None,
                               name=args.out or "<stdout>")
-        for scored in scored_items:
-            record = scored.record
-            if record["error"] is not None:
-                report_error(record["error"])
-                failures.append(record["error"])
-                continue
-            if mos is not None:
-                record["mos"] = mos.get(Path(record["image"]).name)
-            if heatmap_path is not None:
-                try:
+        try:
+            for scored in scored_items:
+                record = scored.record
+                if record["error"] is not None:
+                    report_error(record["error"])
+                    failures.append(record["error"])
+                    continue
+                if mos is not None:
+                    record["mos"] = mos.get(Path(record["image"]).name)
+                if heatmap_path is not None:
                     source = by_name.get(record["image"], Path(record["image"]))
-                    record["heatmap"] = write_heatmap(scored, heatmap_path(source), scorer, args.attn_token)
-                except OSError as err:  # the score stays: its row is written with an empty heatmap
-                    record["heatmap"] = ""
-                    failures.append(f"{record['image']}: heatmap not written ({one_line(err)}); its score is "
-                                    f"in the output")
-                    report_error(failures[-1])
-            if args.report is not None:
-                link = relative_link(record["heatmap"], args.report) if record.get("heatmap") else None
-                entries.append(report_entry(record, scored.rgb, scored.label_map, record.get("mos"), link))
-            writer.write(record)
+                    problem = add_heatmap(scored, heatmap_path(source), scorer, args.attn_token)
+                    if problem is not None:
+                        report_error(problem)
+                        failures.append(problem)
+                if args.report is not None:
+                    link = relative_link(record["heatmap"], args.report) if record.get("heatmap") else None
+                    entries.append(report_entry(record, scored.rgb, scored.label_map, record.get("mos"), link))
+                writer.write(record)
+        except KeyboardInterrupt:  # what was scored stays a valid file
+            writer.close()
+            raise
         writer.close()
     if args.report is not None:
         page = write_report(args.report, entries, f"RSFIQA scores of {len(entries)} photos", scorer.scale.describe(),
