@@ -33,10 +33,10 @@
 7. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.
 
 The summary (printed and saved) names the first :data:`REPORTED_SKIPS` skipped items with their
-reasons (the saved file lists them all) and counts the samples selected, already done, written and skipped
-(each skip with its item, reason and stage, plus counts by reason), notes on images used with a
-documented conversion (animated: first frame), regions left without a
-description (by ``missing_reason``), and the seconds and images/s of each stage: ``load``
+reasons (the saved file lists them all) and the samples redone, and counts the samples selected,
+already done, written and skipped (each skip with its item, reason and stage, plus counts by
+reason), notes on images used with a documented conversion (animated: first frame), regions left
+without a description (by ``missing_reason``), and the seconds and images/s of each stage: ``load``
 (read + decode), ``segment``, ``describe``, ``write`` (record + region texts + label-map PNG +
 tar). One-time start-up costs (model loading, imports) are outside the stage clocks.
 """
@@ -64,14 +64,14 @@ from annotate.segment import build_segmenter
 from annotate.types import Sample, Skipped
 from annotate.writer import (
     PartShardWriter,
-    drop_samples,
-    stored_records,
     claim_settings,
     discard_outputs,
+    drop_samples,
     part_lock,
     part_prefix,
     rebuild_index,
     scan_shards,
+    stored_records,
     summary_path,
 )
 from rsfiqa_core.contract import (
@@ -92,7 +92,6 @@ STAGES = ("load", "segment", "describe", "write")
 MAX_FAILURES_IN_A_ROW = 10  # images failing in segmenter/describer one after another: stop the run
 REPORTED_SKIPS = 20  # skipped items named in the printed summary (the saved summary lists all)
 DUPLICATE_CONTENT = "duplicate image content"
-LABEL_FIELDS = ("mos", "mos_range", "higher_better", "ref")  # compared with finished samples on a rerun
 SOURCE_KEY = "source"
 # Installed packages whose version can change the bytes of a shard (recorded, and part of the
 # settings fingerprint); a package that is not installed is recorded as null.
