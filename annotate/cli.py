@@ -1,11 +1,13 @@
 """Command line of the annotation stage (``python -m annotate`` / ``make annotate``).
 
     python -m annotate --dataset koniq --root /data/koniq10k --out shards/koniq \
-        [--config configs/annotate/paper.yaml] [--part i/N] [--limit N] [--force-new] \
+        [--config configs/annotate/paper.yaml] [--part i/N] [--limit N] [--force-new] [--redo-changed] \
         [segmenter.checkpoint=/models/sam_vit_h_4b8939.pth batch_size=16 ...]
 
 Exit status 0 when the run completes (skipped samples are reported, not fatal); 1 with a
-one-line message for an expected error (missing label file, settings mismatch, bad config).
+one-line message for an expected error (missing label file, settings mismatch, bad config, full
+disk); 130 with one line after Ctrl-C (finished shards are kept; the same command resumes).
+``--debug`` shows the traceback instead (``rsfiqa_core.usererrors``).
 """
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ from annotate.describe.backends import MissingExtraError
 from annotate.pipeline import annotate, parse_part
 from rsfiqa_core.contract import ContractError
 from rsfiqa_core.imageio import ImageError
+from rsfiqa_core.usererrors import pop_debug, run_reporting
 
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
+EXIT_ERROR = 1
+ON_INTERRUPT = "finished shards are kept; rerun the same command to resume"
 EXPECTED_ERRORS = (AnnotateError, DatasetError, MissingExtraError, ContractError, ImageError,
                    OmegaConfBaseException, OSError)
 
@@ -40,19 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N samples in key order (trials)")
     p.add_argument("--force-new", action="store_true",
                    help="delete the shards already in --out instead of refusing other settings")
+    p.add_argument("--redo-changed", action="store_true",
+                   help="annotate finished samples again whose labels or image bytes changed, instead of refusing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. segmenter.name=sam")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         cfg = load_config(args.config, args.overrides)
         summary = annotate(args.dataset, args.root, args.out, cfg, part=parse_part(args.part), limit=args.limit,
-                           force_new=args.force_new, progress=not args.no_progress)
-    except EXPECTED_ERRORS as e:
-        print(f"annotate: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    print(summary.report())
-    return 0
+                           force_new=args.force_new, progress=not args.no_progress,
+                           redo_changed=args.redo_changed)
+        print(summary.report())
+        return 0
+
+    return run_reporting("annotate", run, EXPECTED_ERRORS, EXIT_ERROR, debug, ON_INTERRUPT)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -64,8 +65,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     try:
         cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.load(file),
                               OmegaConf.from_dotlist(list(overrides)))
-    except (OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(f"{file}: cannot read config or overrides {list(overrides)}: {e}") from e
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as e:
+        problem = " ".join(str(e).split())
+        raise ConfigError(f"{file}: cannot read config or overrides {list(overrides)}: {problem}; fix the YAML "
+                          f"syntax (key: value, one per line; overrides as key=value)") from e
     check_config(cfg, str(file))
     return cfg
 

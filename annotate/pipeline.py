@@ -6,31 +6,44 @@
    the order never depends on the file system;
 2. ``--limit`` keeps the first samples of that order; part ``i`` of ``N`` takes every N-th of them
    (``ordered[i::N]``), so N processes, one GPU each, can fill ONE output directory;
-3. samples whose key is in a completed shard (any part) are skipped: a rerun only does what is
-   missing (writer.py describes the resume rules);
-4. images load through ``rsfiqa_core.imageio.load_rgb``; an unreadable image is recorded as skipped
+3. every sample's image file is hashed (SHA-256 of its bytes, over the whole dataset so that all
+   parts agree): a second sample with the same bytes as an earlier one (the same file listed
+   under two names, or a copy) is skipped as ``duplicate image content``, so it can never sit in
+   two splits. Each record keeps what it was made from: the label values, the image checksum
+   (``checksums``, ``rsfiqa_core.contract``) and ``source`` = {root, file};
+4. samples whose key is in a completed shard (any part) are skipped: a rerun only does what is
+   missing (writer.py describes the resume rules). A finished sample whose label values
+   (``mos``, ``mos_range``, ``higher_better``, ``ref``, the adapter's extras) or image bytes differ
+   from what the dataset holds now is refused with an :class:`~annotate.config.AnnotateError`
+   naming the samples and what changed (a corrected MOS, a replaced image, another ``--root``,
+   a ``mos_range`` inferred anew from appended rows): the shards would otherwise keep the old data.
+   With ``redo_changed`` (``--redo-changed``) those samples are removed from their shards
+   (``writer.drop_samples``) and annotated again instead;
+5. images load through ``rsfiqa_core.imageio.load_rgb``; an unreadable image is recorded as skipped
    with its reason and the run goes on; how the file was read (Pillow mode, frame count) is kept
    in the record's ``image_info``, and an animated image (first frame used) also in the summary's
    ``notes``;
-5. segment, describe (``batch_size`` images at a time, :class:`annotate.api.Annotator`), build the
+6. segment, describe (``batch_size`` images at a time, :class:`annotate.api.Annotator`), build the
    contract record with the region texts, and write the original bytes + label map + record to the
    part's shards. When the segmenter or describer raises on a batch, the batch is redone image by
    image: an image that fails alone is skipped (stage ``segment`` / ``describe``, the exception in
    the reason) and the others go on. :data:`MAX_FAILURES_IN_A_ROW` such failures in a row end the run with
    an :class:`~annotate.config.AnnotateError` (a broken set-up, not bad images); the unfinished
    shard is dropped and a rerun resumes;
-6. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.
+7. rebuild ``index.json`` over all parts and save ``summary-<dataset>-p<i>of<N>.json``.
 
-The summary (printed and saved) counts the samples selected, already done, written and skipped
-(each skip with its item, reason and stage, plus counts by reason), notes on images used with a
-documented conversion (animated: first frame), regions left without a
-description (by ``missing_reason``), and the seconds and images/s of each stage: ``load``
+The summary (printed and saved) names the first :data:`REPORTED_SKIPS` skipped items with their
+reasons (the saved file lists them all) and the samples redone, and counts the samples selected,
+already done, written and skipped (each skip with its item, reason and stage, plus counts by
+reason), notes on images used with a documented conversion (animated: first frame), regions left
+without a description (by ``missing_reason``), and the seconds and images/s of each stage: ``load``
 (read + decode), ``segment``, ``describe``, ``write`` (record + region texts + label-map PNG +
 tar). One-time start-up costs (model loading, imports) are outside the stage clocks.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -53,18 +66,33 @@ from annotate.writer import (
     PartShardWriter,
     claim_settings,
     discard_outputs,
+    drop_samples,
     part_lock,
     part_prefix,
     rebuild_index,
     scan_shards,
+    stored_records,
     summary_path,
 )
-from rsfiqa_core.contract import CONTRACT_VERSION, clip_token_count, encode_sample, make_record, sample_key
+from rsfiqa_core.contract import (
+    CHECKSUMS_KEY,
+    CONTRACT_VERSION,
+    clip_token_count,
+    content_hash,
+    encode_sample,
+    image_ext,
+    make_record,
+    sample_key,
+)
 from rsfiqa_core.imageio import ImageError, load_rgb
+from rsfiqa_core.usererrors import naming_the_file
 
 T = TypeVar("T")
 STAGES = ("load", "segment", "describe", "write")
 MAX_FAILURES_IN_A_ROW = 10  # images failing in segmenter/describer one after another: stop the run
+REPORTED_SKIPS = 20  # skipped items named in the printed summary (the saved summary lists all)
+DUPLICATE_CONTENT = "duplicate image content"
+SOURCE_KEY = "source"
 # Installed packages whose version can change the bytes of a shard (recorded, and part of the
 # settings fingerprint); a package that is not installed is recorded as null.
 VERSIONED_PACKAGES = ("numpy", "pillow", "scipy", "scikit-image", "torch", "segment-anything",
@@ -92,6 +120,8 @@ class Summary:
     shards_written: list[str] = field(default_factory=list)
     discarded_temp_files: list[str] = field(default_factory=list)
     index_count: int = 0
+    summary_file: str = ""
+    redone: list[str] = field(default_factory=list)  # finished samples done again: "<image>: <what changed>"
 
     def skipped_by_reason(self) -> dict[str, int]:
         """Skips counted by their reason without the parenthesised detail."""
@@ -115,7 +145,13 @@ class Summary:
                  f"  selected {self.selected}, already done {self.already_done}, written {self.written}, "
                  f"skipped {len(self.skipped)}; index.json now counts {self.index_count} samples",
                  f"  wall {self.wall_seconds:.1f}s; {stages}"]
+        lines += [f"  redone (inputs changed): {item}" for item in self.redone[:REPORTED_SKIPS]]
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
+        if self.skipped:
+            shown = self.skipped[:REPORTED_SKIPS]
+            lines.append(f"  skipped items ({len(shown)} of {len(self.skipped)}; all under 'skipped' in "
+                         f"{self.summary_file or 'the saved summary'}):")
+            lines += [f"    {s['item']}: {s['reason']}" for s in shown]
         lines += [f"  note x{n}: {note}" for note, n in Counter(n["note"] for n in self.notes).most_common()]
         lines += [f"  missing region descriptions x{n}: {reason}" for reason, n in self.missing_descriptions.items()]
         if self.score_sources:
@@ -171,6 +207,80 @@ def select_part(ordered: Sequence[tuple[str, Sample]], part: tuple[int, int],
     """The first ``limit`` samples of the key order, then every N-th from position i."""
     i, n = part
     return list(ordered[:limit][i::n])
+
+
+def image_hashes(ordered: Sequence[tuple[str, Sample]]) -> dict[str, str | None]:
+    """Key -> SHA-256 of the image file's bytes (None for an empty or unreadable file: loading
+    reports those with their own reason)."""
+    hashes: dict[str, str | None] = {}
+    for key, sample in ordered:
+        try:
+            data = Path(sample.image_path).read_bytes()
+        except OSError:
+            data = b""
+        hashes[key] = content_hash(data) if data else None
+    return hashes
+
+
+def drop_same_content(ordered: Sequence[tuple[str, Sample]], hashes: Mapping[str, str | None]
+                      ) -> tuple[list[tuple[str, Sample]], list[Skipped]]:
+    """The samples without a byte-identical earlier one (in key order); the others as skips."""
+    first: dict[str, Sample] = {}
+    kept, skipped = [], []
+    for key, sample in ordered:
+        digest = hashes.get(key)
+        if digest is not None and digest in first:
+            skipped.append(Skipped(sample.image_name, f"{DUPLICATE_CONTENT} (same bytes as "
+                                                      f"{first[digest].image_name}, which is kept)"))
+            continue
+        if digest is not None:
+            first[digest] = sample
+        kept.append((key, sample))
+    return kept, skipped
+
+
+def record_source(ordered: Sequence[tuple[str, Sample]], root: Path) -> None:
+    """Put ``source`` = {root, file} into each sample's record extras (what the sample was made from)."""
+    base = root.resolve()
+    for _, sample in ordered:
+        sample.extra[SOURCE_KEY] = {"root": str(base), "file": os.path.relpath(Path(sample.image_path).resolve(), base)}
+
+
+def sample_changes(sample: Sample, digest: str | None, stored: Mapping[str, Any]) -> list[str]:
+    """What differs between a finished sample's stored record and the sample as the dataset has it now."""
+    now = {"mos": float(sample.mos), "mos_range": [float(x) for x in sample.mos_range],
+           "higher_better": bool(sample.higher_better), "ref": sample.ref,
+           **{k: v for k, v in sample.extra.items() if k != SOURCE_KEY}}
+    now = json.loads(json.dumps(now))  # as the JSON record stores it (lists, floats)
+    changes = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in now.items() if not same_json(stored.get(k), v)]
+    old_digest = (stored.get(CHECKSUMS_KEY) or {}).get(image_ext(sample.image_name))
+    if old_digest is not None and old_digest != digest:
+        old_root = (stored.get(SOURCE_KEY) or {}).get("root")
+        changes.append("image bytes differ" + (f" (annotated from {old_root})" if old_root else ""))
+    return changes
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values (so a NaN extra equals itself)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def changed_samples(out: Path, finished: Sequence[tuple[str, Sample]],
+                    hashes: Mapping[str, str | None]) -> dict[str, str]:
+    """Key -> ``"<image>: <what changed>"`` of the finished samples made from other inputs than now."""
+    records = stored_records(out, {key for key, _ in finished})
+    return {key: f"{sample.image_name}: {', '.join(changes)}" for key, sample in finished
+            if key in records and (changes := sample_changes(sample, hashes.get(key), records[key]))}
+
+
+def refuse_changed(out: Path, root: Path, changed: Sequence[str]) -> None:
+    """The error of module docstring step 4, naming the first changed samples."""
+    hint = (" (a mos_range inferred from the rows changes when rows are added: set dataset.mos_range)"
+            if any("mos_range" in c for c in changed) else "")
+    raise AnnotateError(f"{out}: {len(changed)} finished sample(s) were made from other inputs than {root} holds "
+                        f"now, e.g. {'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''}{hint}; the "
+                        f"shards would keep the old labels or images: rerun with --redo-changed to annotate "
+                        f"them again, --force-new to start over, or restore the inputs")
 
 
 def built(what: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -306,14 +416,19 @@ def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator, wr
 
 # --------------------------------------------------------------------------- the run
 def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, part: tuple[int, int] = (0, 1),
-             limit: int | None = None, force_new: bool = False, progress: bool = True) -> Summary:
-    """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``."""
+             limit: int | None = None, force_new: bool = False, progress: bool = True,
+             redo_changed: bool = False) -> Summary:
+    """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``;
+    ``redo_changed``: annotate finished samples whose inputs changed again instead of refusing."""
     t_start = time.perf_counter()
     out = Path(out)
     adapter = built(f"dataset {dataset!r}", get_adapter, dataset, **section(cfg, "dataset"))
     name = adapter.dataset_name
     samples, adapter_skips = adapter.load(Path(root))
     ordered, duplicate_skips = order_samples(samples)
+    hashes = image_hashes(ordered)
+    ordered, content_skips = drop_same_content(ordered, hashes)
+    record_source(ordered, Path(root))
     selected = select_part(ordered, part, limit)
 
     segmenter = built("segmenter", build_segmenter, {**section(cfg, "segmenter"), "num_regions": cfg.num_regions})
@@ -330,11 +445,17 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     prefix = part_prefix(name, *part)
     summary = Summary(dataset=name, part=f"{part[0]}/{part[1]}", out=str(out), selected=len(selected))
     summary.skipped += [{"item": s.item, "reason": s.reason, "stage": "labels"}
-                        for s in [*adapter_skips, *duplicate_skips]]
+                        for s in [*adapter_skips, *duplicate_skips, *content_skips]]
     with part_lock(out, prefix):
         writer = PartShardWriter(out, prefix, cfg.shards.maxcount, cfg.shards.maxsize)
         summary.discarded_temp_files = [p.name for p in writer.discard_temp_files()]
         done = {k for keys in scan_shards(out).values() for k in keys}
+        changed = changed_samples(out, [(k, s) for k, s in selected if k in done], hashes)
+        if changed and not redo_changed:
+            refuse_changed(out, Path(root), list(changed.values()))
+        drop_samples(out, set(changed))
+        summary.redone = sorted(changed.values())
+        done -= set(changed)
         todo = [(k, s) for k, s in selected if k not in done]
         summary.already_done = len(selected) - len(todo)
         clock, guard = StageClock(summary), FailureGuard()
@@ -349,5 +470,7 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     summary.index_count = sum(len(keys) for keys in shards.values())
     summary.wall_seconds = time.perf_counter() - t_start
     path = summary_path(out, name, *part)
-    path.write_text(json.dumps(summary.to_dict(), indent=1, sort_keys=True))
+    summary.summary_file = str(path)
+    with naming_the_file(path):
+        path.write_text(json.dumps(summary.to_dict(), indent=1, sort_keys=True))
     return summary

@@ -38,8 +38,9 @@ from typing import Any, BinaryIO, Iterator, Mapping
 from webdataset import TarWriter
 
 from annotate.config import AnnotateError
-from rsfiqa_core.contract import INDEX_NAME, ShardError, write_index
+from rsfiqa_core.contract import INDEX_NAME, JSON_KEY, ShardError, write_index
 from rsfiqa_core.tars import tar_members
+from rsfiqa_core.usererrors import naming_the_file
 
 FINGERPRINT_NAME = "annotation.json"
 TMP_SUFFIX = ".tmp"
@@ -90,6 +91,52 @@ def scan_shards(out_dir: Path) -> dict[str, list[str]]:
         raise ShardError(f"{out_dir}: {len(duplicated)} key(s) stored more than once (e.g. {duplicated[0]}) "
                          f"in {where[:6]}; were two part layouts run at the same time?")
     return shards
+
+
+def stored_records(out_dir: Path, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The JSON records of ``keys`` in the completed shards (only the small JSON members are read)."""
+    records: dict[str, dict[str, Any]] = {}
+    if not keys:
+        return records
+    for path in completed_shards(out_dir):
+        for key, ext, read in tar_members(str(path)):
+            if ext == JSON_KEY and key in keys:
+                try:
+                    records[key] = json.loads(read())
+                except ValueError as e:
+                    raise ShardError(f"{path}:{key}: unreadable JSON record ({e}); delete the shard to have its "
+                                     f"samples redone") from e
+    return records
+
+
+def drop_samples(out_dir: Path, keys: set[str]) -> list[Path]:
+    """Rewrite every completed shard holding any of ``keys`` without them (same member bytes and tar
+    settings, written under a temp name and renamed); a shard left empty is deleted. Returns the
+    shards changed. Used to redo samples whose inputs changed; run it under the part's lock."""
+    changed: list[Path] = []
+    for path in completed_shards(out_dir) if keys else []:
+        if keys.isdisjoint(shard_keys(path)):
+            continue
+        members = [(key, ext, read()) for key, ext, read in tar_members(str(path))]
+        changed.append(path)
+        samples: dict[str, dict[str, bytes]] = {}
+        for key, ext, data in members:
+            if key not in keys:
+                samples.setdefault(key, {})[ext] = data
+        if not samples:
+            path.unlink()
+            continue
+        temp = path.with_name(f".{path.name}.rewrite{TMP_SUFFIX}")
+        with naming_the_file(temp), open(temp, "wb") as f:
+            with TarWriter(f, user=TAR_OWNER, group=TAR_OWNER, mode=0o444, encoder=False, mtime=TAR_MTIME) as tar:
+                for key, sample in samples.items():
+                    tar.write({"__key__": key, **sample})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    if changed:
+        _fsync_dir(out_dir)
+    return changed
 
 
 # --------------------------------------------------------------------------- settings fingerprint
@@ -215,20 +262,27 @@ class PartShardWriter:
         return self.out_dir / f"{self._final_path().name}{TMP_SUFFIX}"
 
     def write(self, sample: Mapping[str, Any]) -> None:
-        """Append one sample; completes the shard once it holds ``maxcount`` samples or ``maxsize`` bytes."""
-        if self._tar is None:
-            self._file = open(self._temp_path(), "wb")
-            self._tar = TarWriter(self._file, user=TAR_OWNER, group=TAR_OWNER, mode=0o444,
-                                  encoder=False, mtime=TAR_MTIME)
-        self._size += self._tar.write(dict(sample))
-        self._count += 1
-        if self._count >= self.maxcount or self._size >= self.maxsize:
-            self.finish_shard()
+        """Append one sample; completes the shard once it holds ``maxcount`` samples or ``maxsize`` bytes.
+        An ``OSError`` (a full disk) names the shard file."""
+        with naming_the_file(self._temp_path()):
+            if self._tar is None:
+                self._file = open(self._temp_path(), "wb")
+                self._tar = TarWriter(self._file, user=TAR_OWNER, group=TAR_OWNER, mode=0o444,
+                                      encoder=False, mtime=TAR_MTIME)
+            self._size += self._tar.write(dict(sample))
+            self._count += 1
+            if self._count >= self.maxcount or self._size >= self.maxsize:
+                self.finish_shard()
 
     def finish_shard(self) -> None:
         """Close, fsync and atomically rename the shard being written (no-op when none is open)."""
         if self._tar is None or self._file is None:
             return
+        with naming_the_file(self._temp_path()):
+            self._seal()
+
+    def _seal(self) -> None:
+        assert self._tar is not None and self._file is not None
         self._tar.close()
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -244,7 +298,8 @@ class PartShardWriter:
     def abort(self) -> None:
         """Drop the unfinished shard."""
         if self._file is not None:
-            self._file.close()
+            with suppress(OSError):  # closing flushes: on a full disk that fails too, and the file goes anyway
+                self._file.close()
             self._temp_path().unlink(missing_ok=True)
         self._tar = self._file = None
         self._count = self._size = 0

@@ -19,11 +19,18 @@ With ``--ckpt_path`` (evaluation, or resuming ``fit``) the model is built from t
 hyperparameters with ``pretrained=None``: the trained backbone comes from the checkpoint.
 ``test`` runs on one device (each test set is evaluated once, by one process); other device
 settings are overridden with a message.
+
+Resuming ``fit --ckpt_path B`` with a config whose network settings (``model.net``, except
+``pretrained``) differ from B's is refused, naming the differing keys; ``--take_checkpoint_network
+true`` takes B's network instead. A user error (malformed YAML, a checkpoint that is no checkpoint,
+a missing or empty shard directory, a full disk) ends with one ``rsfiqa <command>: error: ...`` line
+and exit status 2; ``--debug`` shows the traceback (``rsfiqa_core.usererrors``).
 """
 from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,10 +38,15 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.eval.callbacks import TestReport, TrainingCurves
+from rsfiqa.model.net import NetConfig
 from rsfiqa.module import RSFIQAModule
 from rsfiqa.predictions import PredictionWriter
+from rsfiqa_core.contract import ContractError
+from rsfiqa_core.imageio import ImageError
+from rsfiqa_core.usererrors import pop_debug, run_reporting
 
 # name -> ("module:function" called with the remaining arguments, one-line description)
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,6 +62,18 @@ SEED_DEFAULT = 0
 EARLY_STOPPING_PATIENCE = 20
 RUNS_DIR = "runs"
 OMEGACONF = {"parser_mode": "omegaconf"}
+EXIT_USER_ERROR = 2  # as for a usage error: a user error ends before (or instead of) any result
+TAKE_CHECKPOINT_NETWORK = "take_checkpoint_network"
+NOT_COMPARED_ON_RESUME = ("pretrained",)  # the checkpoint holds the trained weights
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be read as YAML (the message names the file)."""
+
+
+# Errors a user can cause and fix (one line); anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ConfigFileError, CheckpointError, ContractError, ImageError, OSError)
+ON_INTERRUPT = "checkpoints/last.ckpt of the run holds the last finished epoch; resume with --ckpt_path"
 
 
 def default_loggers(name: str = "rsfiqa") -> list[dict[str, Any]]:
@@ -80,11 +104,22 @@ def share_logger_version(loggers: Any) -> None:
         a["version"] = version
 
 
+class RSFIQAParser(LightningArgumentParser):
+    """A usage error (a malformed override, a missing config file) shows the error and the ``--help`` tip,
+    not the ~140-line usage of every option."""
+
+    def print_usage(self, file: Any = None) -> None:
+        return None
+
+
 class RSFIQACLI(LightningCLI):
     """LightningCLI with RSFIQA's callbacks, loggers and argument links."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_regions", "model.net.num_regions")
+        parser.add_argument(f"--{TAKE_CHECKPOINT_NETWORK}", type=bool, default=False,
+                            help="fit --ckpt_path: train the checkpoint's network even where the config's "
+                                 "model.net differs (default: refuse, naming the differing keys)")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
@@ -102,6 +137,18 @@ class RSFIQACLI(LightningCLI):
             "trainer.default_root_dir": RUNS_DIR, "trainer.logger": default_loggers(),
         })
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` (readable; on ``fit``, the configured network) before Lightning merges the
+        checkpoint's hyperparameters into the config."""
+        command = self.config.get("subcommand")
+        ckpt_path = self.config[command].get("ckpt_path") if command else None
+        if ckpt_path:
+            hparams = read_checkpoint_file(ckpt_path).get("hyper_parameters", {})
+            config = self.config[command]
+            if command == "fit" and not config.get(TAKE_CHECKPOINT_NETWORK):
+                check_resume_network(config.model.net, hparams, ckpt_path)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         share_logger_version(config.get("trainer", {}).get("logger"))
@@ -110,6 +157,33 @@ class RSFIQACLI(LightningCLI):
             config.model.net.pretrained = None
         if self.subcommand == "test":
             use_one_device(config.trainer)
+
+
+def network_differences(configured: Any, hparams: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``model.net`` keys whose configured value differs from the checkpoint's: key -> (config, checkpoint)."""
+    stored = NetConfig.from_hparams(hparams) if hparams else NetConfig()
+    differ = {}
+    for f in fields(NetConfig):
+        if f.name in NOT_COMPARED_ON_RESUME:
+            continue
+        mine, theirs = getattr(configured, f.name, f.default), getattr(stored, f.name)
+        if _plain(mine) != _plain(theirs):
+            differ[f.name] = (mine, theirs)
+    return differ
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_resume_network(configured: Any, hparams: dict[str, Any], ckpt_path: str) -> None:
+    """Refuse resuming a checkpoint whose network differs from the configured one (module docstring)."""
+    differ = network_differences(configured, hparams)
+    if differ:
+        listed = ", ".join(f"model.net.{k}: config {a!r}, checkpoint {b!r}" for k, (a, b) in differ.items())
+        raise CheckpointError(f"--ckpt_path {ckpt_path}: the checkpoint's network differs from the configured one "
+                              f"({listed}); fix the config, or add --{TAKE_CHECKPOINT_NETWORK} true to train the "
+                              f"checkpoint's network")
 
 
 def device_count(devices: Any) -> int | None:
@@ -153,7 +227,7 @@ def extra_commands_help() -> str:
 
 def run_cli(args: list[str] | None) -> RSFIQACLI:
     """Run a Lightning command (fit/validate/test/predict); ``args=None`` reads ``sys.argv``."""
-    return RSFIQACLI(RSFIQAModule, ShardDataModule,
+    return RSFIQACLI(RSFIQAModule, ShardDataModule, parser_class=RSFIQAParser,
                      parser_kwargs={**OMEGACONF, **{c: dict(OMEGACONF) for c in LIGHTNING_COMMANDS}},
                      save_config_kwargs={"overwrite": True}, seed_everything_default=SEED_DEFAULT,
                      auto_configure_optimizers=False, args=args)
@@ -174,7 +248,12 @@ def base_configs(path: Path) -> list[Path]:
     """The files a config's top-level ``config:`` key names (relative to it), base first, recursively."""
     if not path.is_file():
         return []
-    base = (yaml.safe_load(path.read_text()) or {}).get("config")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigFileError(f"{path}: malformed YAML ({' '.join(str(err).split())}); fix the syntax "
+                              f"(key: value, nested keys indented)") from err
+    base = content.get("config") if isinstance(content, dict) else None
     return [] if not isinstance(base, str) else [*base_configs(path.parent / base), path.parent / base]
 
 
@@ -200,9 +279,18 @@ def run_command(args: list[str] | None) -> Any:
             run_cli(["--help"] if args is not None or not argv else None)
         finally:
             print("\n" + extra_commands_help())
-    expanded = with_base_configs(argv)
-    return run_cli(None if args is None and expanded == argv else expanded)
+    given = argv
+    argv, debug = pop_debug(argv)
+    result: list[RSFIQACLI] = []
+
+    def run() -> int:
+        expanded = with_base_configs(argv)
+        result.append(run_cli(None if args is None and expanded == given else expanded))
+        return 0
+
+    status = run_reporting(f"rsfiqa {argv[0]}", run, EXPECTED_ERRORS, EXIT_USER_ERROR, debug, ON_INTERRUPT)
+    return result[0] if result else status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,7 +5,11 @@ A shard directory holds webdataset ``.tar`` files plus ``index.json``. Each samp
 * ``<ext>`` (``jpg``, ``png``, ``bmp``, ``webp`` ...): the original image bytes, unchanged;
 * ``regions.png``: a single-channel uint8 label map at the resolution of the UPRIGHT image (EXIF
   orientation applied, as :func:`rsfiqa_core.imageio.decode_rgb` returns it), values 0..L-1;
-* ``json``: the record described by :func:`make_record` (keys may be added, never renamed).
+* ``json``: the record described by :func:`make_record` (keys may be added, never renamed). Its
+  ``checksums`` (added by :func:`encode_sample`) hold the SHA-256 of the sample's other members
+  (image bytes and label map); :func:`decode_sample` verifies them, so bytes changed on disk are
+  named (shard and key) instead of being trained on. Records written before ``checksums`` existed
+  load unverified.
 
 Region ``L-1`` is the background (pixels no kept mask covers, paper eq. 5); regions that are
 empty are flagged ``valid: false`` and never fabricated. Everything that reads or writes these
@@ -24,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from rsfiqa_core.usererrors import naming_the_file
+
 CONTRACT_VERSION = 1
 DIMENSIONS: tuple[str, ...] = ("color", "noise", "artifact", "blur", "overall")
 LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "excellent")  # scores 1..5
@@ -32,6 +38,7 @@ IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff
 LABEL_MAP_KEY = "regions.png"
 JSON_KEY = "json"
 INDEX_NAME = "index.json"
+CHECKSUMS_KEY = "checksums"
 SPLIT_VALUES = ("train", "val", "test")
 CLIP_CONTEXT_LENGTH = 77
 PLACEHOLDER_TEXT = "Answer."  # the description when no prompt part is selected (paper, Table 4 first row)
@@ -221,18 +228,32 @@ def image_ext(image_name: str) -> str:
     return ext if ext in IMAGE_EXTS else "img"
 
 
+def content_hash(data: bytes) -> str:
+    """SHA-256 hex digest of ``data``: the record's member checksums and an image's content identity."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def encode_sample(key: str, image_bytes: bytes, image_name: str, label_map: np.ndarray, record: Mapping) -> dict:
-    """A webdataset sample dict (values are bytes, so writers store them unchanged)."""
+    """A webdataset sample dict (values are bytes, so writers store them unchanged); the record gets
+    the ``checksums`` of the other members."""
     validate_record(record, key)
     n = len(record["regions"])
     if int(label_map.max(initial=0)) >= n:
         raise ContractError(f"{key}: label map has value {int(label_map.max())} but only {n} regions")
-    return {
-        "__key__": key,
-        image_ext(image_name): bytes(image_bytes),
-        LABEL_MAP_KEY: encode_label_map(label_map),
-        JSON_KEY: json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8"),
-    }
+    members = {image_ext(image_name): bytes(image_bytes), LABEL_MAP_KEY: encode_label_map(label_map)}
+    record = {**record, CHECKSUMS_KEY: {name: content_hash(data) for name, data in members.items()}}
+    return {"__key__": key, **members, JSON_KEY: json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")}
+
+
+def verify_checksums(sample: Mapping[str, Any], record: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`ContractError` naming ``where`` (shard:key) and the member whose bytes differ
+    from the record's ``checksums``; records without checksums (older shards) pass unverified."""
+    for name, expected in (record.get(CHECKSUMS_KEY) or {}).items():
+        if name not in sample:
+            raise ContractError(f"{where}: member '{name}' listed in the checksums is missing")
+        if content_hash(sample[name]) != expected:
+            raise ContractError(f"{where}: member '{name}' does not match its checksum (the stored bytes changed "
+                                f"after annotation: disk or copy damage); restore the shard or annotate again")
 
 
 def decode_sample(sample: Mapping[str, Any]) -> dict:
@@ -253,6 +274,7 @@ def decode_sample(sample: Mapping[str, Any]) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ContractError(f"{where}: unreadable json ({e})") from e
     validate_record(record, where)
+    verify_checksums(sample, record, where)
     return {"key": key, "image_bytes": sample[ext], "image_ext": ext,
             "label_map": decode_label_map(sample[LABEL_MAP_KEY]), "record": record}
 
@@ -265,7 +287,8 @@ def write_index(shard_dir: str | Path, shards: Iterable[str], count: int, datase
     data = {"contract_version": CONTRACT_VERSION, "dataset": dataset.lower(), "count": int(count),
             "shards": sorted(shards), "annotator": dict(annotator), **extra}
     tmp = shard_dir / f"{INDEX_NAME}.{os.getpid()}.tmp"  # per-process: concurrent writers never share it
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with naming_the_file(tmp):
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(shard_dir / INDEX_NAME)
     return shard_dir / INDEX_NAME
 
@@ -274,9 +297,16 @@ def read_index(shard_dir: str | Path) -> dict:
     """``index.json`` of a shard directory, with shard paths made absolute and checked."""
     shard_dir = Path(shard_dir)
     path = shard_dir / INDEX_NAME
+    if not shard_dir.is_dir():
+        raise ContractError(f"{shard_dir}: shard directory not found; check the path or annotate into it first "
+                            f"(python -m annotate --out {shard_dir} ...)")
     if not path.is_file():
-        raise ContractError(f"{shard_dir}: no {INDEX_NAME} (not an annotated shard directory?)")
-    data = json.loads(path.read_text())
+        raise ContractError(f"{shard_dir}: no {INDEX_NAME}, so not an annotated shard directory (empty, or the "
+                            f"annotation never finished); run python -m annotate --out {shard_dir} ...")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ContractError(f"{path}: unreadable ({e}); rerun the annotation to rebuild it") from e
     missing = [s for s in data["shards"] if not (shard_dir / s).is_file()]
     if missing:
         raise ContractError(f"{path}: lists shards that do not exist: {missing[:5]}")

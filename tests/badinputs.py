@@ -246,3 +246,78 @@ def write_csv_dataset(root: Path, kinds: list[BadInput] | None = None, good: int
         rows += b"".join(_csv_row(name, score) for name, score in k.extra_rows)
     (root / "labels.csv").write_bytes(rows)
     return kinds
+
+
+# --------------------------------------------------------------------------- runs that go wrong
+@dataclass(frozen=True)
+class BadRun:
+    """A way a run's outputs, reruns or set-up can go wrong (issue 15's classes); ``kind`` is its row in
+    docs/FAILURES.md ("Outputs, reruns and user errors") and ``tests/test_bad_runs.py`` has ``test_<kind>``."""
+
+    kind: str
+    command: str                           # "score" | "annotate" | "fit"
+    what: str                              # the situation, as a user meets it
+
+
+def run_kinds() -> list[BadRun]:
+    return [
+        BadRun("heatmap_into_scanned_folder", "score", "--heatmap names the folder being scored"),
+        BadRun("heatmap_name_collision", "score", "y.jpg and y.png, or a/x.jpg and b/x.jpg, in one run"),
+        BadRun("heatmap_folder_inside_scanned_folder", "score", "--heatmap photos/heat, scored twice"),
+        BadRun("out_names_an_input", "score", "--out (or --report) is one of the files being scored"),
+        BadRun("heatmap_folder_unusable", "score", "--heatmap cannot be created or written"),
+        BadRun("one_heatmap_unwritable", "score", "writing one image's heatmap fails"),
+        BadRun("interrupted_scoring", "score", "Ctrl-C after some images were scored (JSON output)"),
+        BadRun("mos_corrected", "annotate", "a MOS corrected in the labels, then a rerun"),
+        BadRun("image_replaced", "annotate", "an image replaced under the same name, then a rerun"),
+        BadRun("other_root", "annotate", "the same --out with another --root"),
+        BadRun("rows_appended_without_mos_range", "annotate", "rows appended; mos_range inferred from the rows"),
+        BadRun("same_image_twice", "annotate", "one image under two names (images/x.jpg and x.jpg, or a copy)"),
+        BadRun("shard_folder_twice", "fit", "train_shards lists one shard folder twice (or a copy of it)"),
+        BadRun("resume_other_network", "fit", "--config A --ckpt_path B, B trained with another network"),
+        BadRun("zeroed_bytes_in_shard", "fit", "3000 zeroed bytes inside a stored image or label map"),
+        BadRun("malformed_yaml", "annotate, fit", "a config file or override that is not YAML"),
+        BadRun("random_bytes_checkpoint", "fit, score", "--ckpt_path / --ckpt naming a file of random bytes"),
+        BadRun("out_in_missing_folder", "score", "--out in a folder that does not exist"),
+        BadRun("shards_folder_missing_or_empty", "fit", "data.train_shards names no folder, or an empty one"),
+        BadRun("interrupted_annotation", "annotate", "Ctrl-C during annotation"),
+        BadRun("disk_full", "annotate, score", "the disk fills while shards or scores are written"),
+        BadRun("debug_flag", "annotate, fit, score", "--debug: the traceback instead of one line"),
+        BadRun("broken_symlink", "score, annotate", "a dangling symbolic link among the images"),
+        BadRun("unlisted_extension", "score", "files with other extensions in a scored folder"),
+        BadRun("skipped_names_in_summary", "annotate", "which files were skipped, not only why"),
+    ]
+
+
+def broken_link(folder: Path, name: str) -> Path:
+    """A symbolic link ``folder/name`` whose target does not exist."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / name
+    link.symlink_to(folder / f"missing-target-of-{name}")
+    return link
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def zero_member_bytes(shard: Path, suffix: str, count: int = 3000) -> str:
+    """Zero ``count`` bytes in the middle of the first tar member whose name ends in ``suffix`` (the tar
+    structure stays intact, as after disk damage); returns the member's name."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+    if member.size <= count:
+        raise ValueError(f"{member.name} has only {member.size} bytes")
+    start = member.offset_data + (member.size - count) // 2
+    with open(shard, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(count))
+    return member.name
+
+
+def noisy_jpeg(hw: tuple[int, int] = (96, 128), seed: int = 0) -> bytes:
+    """A JPEG of random noise: large enough (>10 kB) that zeroing 3000 bytes stays inside its data."""
+    rgb = np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    return _save(Image.fromarray(rgb), "JPEG", quality=95)

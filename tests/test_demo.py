@@ -82,7 +82,7 @@ def test_quick_demo_outputs_hold_what_they_should(quick_demo):
     assert sorted(Path(r["image"]).name for r in scores) == photos, "one row per scored photo"
     assert all(math.isfinite(float(r["score"])) and r["scale_dataset"] == "clive" for r in scores)
     heatmaps = sorted(outputs["heatmaps folder"][0].glob("*.png"))
-    assert [p.stem for p in heatmaps] == sorted(Path(p).stem for p in photos)
+    assert [p.name for p in heatmaps] == sorted(f"{p}.heatmap.png" for p in photos)  # rsfiqa score's naming
     assert {Path(r["heatmap"]) for r in scores} == set(heatmaps)
 
 

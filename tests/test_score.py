@@ -29,7 +29,7 @@ from rsfiqa.data.sample import SampleReader
 from rsfiqa.inference.heatmap import quality_overlay
 from rsfiqa_core.imageio import decode_rgb
 from rsfiqa.model.text import FROM_CHECKPOINT, TextEncoder
-from rsfiqa.inference.score_cli import expand_paths
+from rsfiqa.inference.score_cli import scan_paths
 from annotate.describe import DESCRIBERS
 from annotate.registry import component_record, recorded_config
 from rsfiqa.inference.scorer import ScoringSetupError
@@ -141,10 +141,10 @@ def test_cli_scores_good_images_reports_corrupt_one_and_exits_2(cli_run):
 
 
 @pytest.mark.slow
-def test_cli_writes_one_two_panel_heatmap_per_good_image(cli_run):
+def test_cli_writes_one_two_panel_heatmap_per_good_image(cli_run, photos):
     _, _, rows, heatmaps = cli_run
-    pngs = sorted(p.name for p in heatmaps.glob("*.png"))
-    assert pngs == sorted(f"{Path(name).stem}.png" for name in rows)
+    pngs = sorted(str(p.relative_to(heatmaps)) for p in heatmaps.rglob("*.png"))  # sub/10.png -> sub/10.png.heatmap.png
+    assert pngs == sorted(f"{Path(row['image']).relative_to(photos)}.heatmap.png" for row in rows.values())
     for row in rows.values():
         with Image.open(row["heatmap"]) as img:
             assert img.format == "PNG" and img.width > 1.5 * img.height  # image panel + attention panel
@@ -288,12 +288,14 @@ def test_setup_errors_exit_1(checkpoint, photos, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- pieces
-def test_expand_paths_recurses_folders_filters_globs_and_reports_missing(photos):
-    files, errors = expand_paths([str(photos), str(photos / "sub" / "*"), str(photos / "nothing*.jpg"),
-                                  str(photos / "gone.png"), str(photos / "notes.txt")])
+def test_scan_paths_recurses_folders_filters_globs_and_reports_missing(photos):
+    scan = scan_paths([str(photos), str(photos / "sub" / "*"), str(photos / "nothing*.jpg"),
+                       str(photos / "gone.png"), str(photos / "notes.txt")])
+    files, errors = scan.files, scan.errors
     names = [f.name for f in files]
     assert "notes.txt" in names and names.count("10.png") == 1  # named explicitly: kept; found twice: once
     assert "broken.jpg" in names and FULL_SIZE in names and len(names) == 7
+    assert scan.other_files == [], "notes.txt is scored (named), so no note passes it over"
     assert errors == [f"{photos / 'nothing*.jpg'}: no image file matches this pattern",
                       f"{photos / 'gone.png'}: no such file or directory"]
 

@@ -10,8 +10,9 @@ the label file(s) into :class:`LabelRow` s and :meth:`DatasetAdapter.locate` fin
 * seeded splits (:mod:`annotate.datasets.splits`) over the rows that pass those checks, grouped by
   reference id (synthetic datasets) or image (authentic ones), so a split does not depend on which
   image files happen to be on disk;
-* an image that is not on disk, and an image on disk that no label row names, become
-  :class:`~annotate.types.Skipped` records too. Images are never opened here.
+* an image that is not on disk, an image on disk that no label row names, and a broken symbolic
+  link among the images become :class:`~annotate.types.Skipped` records too. Images are never
+  opened here.
 
 Every skip reason reads ``"<category> (<detail>)"``; the categories are the constants below.
 A missing or unreadable label file raises :class:`DatasetError` naming the file and the layout.
@@ -49,6 +50,7 @@ NOT_UTF8 = "file name is not valid UTF-8"
 REFERENCE = "reference image"
 TRAINING = "training image"
 NO_REF = "no reference id"
+BROKEN_LINK = "broken symbolic link"
 
 
 class DatasetError(RuntimeError):
@@ -115,13 +117,20 @@ def mos_problem(mos: float, mos_range: Sequence[float]) -> str | None:
 
 
 def iter_image_files(folder: Path, recursive: bool) -> list[Path]:
-    """Image files (by extension, ``rsfiqa_core.contract.IMAGE_EXTS``) in ``folder``, sorted."""
+    """Image files (by extension, ``rsfiqa_core.contract.IMAGE_EXTS``) in ``folder``, broken links with
+    such a name included (they are reported), sorted."""
     if not folder.is_dir():
         return []
     walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
     found = [Path(d) / f for d, _, files in walk for f in files
-             if Path(f).suffix.lower().lstrip(".") in IMAGE_EXTS and (Path(d) / f).is_file()]
+             if Path(f).suffix.lower().lstrip(".") in IMAGE_EXTS
+             and ((Path(d) / f).is_file() or is_broken_link(Path(d) / f))]
     return sorted(found)
+
+
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target does not exist."""
+    return path.is_symlink() and not path.exists()
 
 
 def mat_vector(value: np.ndarray) -> np.ndarray:
@@ -286,6 +295,9 @@ class DatasetAdapter(ABC):
                 if Path(os.path.normpath(path)) in known:
                     continue
                 rel = printable(os.path.relpath(path, root))
+                if is_broken_link(path):
+                    out.append(Skipped(rel, f"{BROKEN_LINK} (its target {printable(os.readlink(path))} does not exist)"))
+                    continue
                 category = NO_LABEL if is_utf8(path.name) else NOT_UTF8
                 out.append(Skipped(rel, f"{category} (image on disk without a usable label row)"))
         return out

@@ -42,6 +42,7 @@ as an uninterrupted run (on one device; under DDP the streams repeat without epo
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import webdataset as wds
@@ -60,6 +61,25 @@ TEXT_PARTS = ("content", "level", "score")
 
 
 # --------------------------------------------------------------------------- the data module
+def check_distinct(sets: Sequence[ShardSet], option: str) -> None:
+    """Refuse shard directories listed twice (the same folder, by its real path) or sharing sample
+    keys (a copy): every sample would be read twice, or sit in train and test at once."""
+    seen: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for shard_set in sets:
+        real = os.path.realpath(shard_set.directory)
+        if real in seen:
+            raise contract.ContractError(f"{option}: {shard_set.directory} is listed twice (also as {seen[real]}); "
+                                         f"list each shard directory once")
+        seen[real] = shard_set.directory
+        for _, info in shard_set.samples():
+            other = keys.setdefault(info.key, shard_set.directory)
+            if other != shard_set.directory:
+                raise contract.ContractError(f"{option}: {shard_set.directory} and {other} both hold sample "
+                                             f"{info.key} (a copied shard directory?); list each sample's "
+                                             f"directory once")
+
+
 def _as_list(value: Sequence[str] | str | None) -> list[str]:
     if value is None:
         return []
@@ -141,8 +161,10 @@ class ShardDataModule(LightningDataModule):
     # ---------------------------------------------------------------- which sets, which split
     def _shard_sets(self, directories: list[str], role: str) -> list[ShardSet]:
         if not directories:
-            raise ValueError(f"no {role} shard directories given (set data.{role}_shards)")
-        return [load_shard_set(d) for d in directories]
+            raise contract.ContractError(f"no {role} shard directories given (set data.{role}_shards)")
+        sets = [load_shard_set(d) for d in directories]
+        check_distinct(sets, f"data.{role}_shards")
+        return sets
 
     def eval_sources(self, stage: str) -> list[tuple[list[ShardSet], str | None]]:
         """(shard sets, split or None for all samples) per dataloader of ``stage``. Validation pools

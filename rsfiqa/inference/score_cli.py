@@ -4,7 +4,9 @@
 Inputs. Each PATH is a file (scored whatever its name), a folder (searched recursively for the
 image extensions of ``contract.IMAGE_EXTS``, case-insensitive) or a glob pattern (``**`` allowed;
 matches filtered by the same extensions). Files are scored in the given order, folders and
-globs in sorted order, each file once.
+globs in sorted order, each file once. Everything a folder holds is accounted for: a broken
+symbolic link with an image extension is an error line; files with other extensions are named in
+one ``note`` line; this run's ``--heatmap`` folder is never scanned (a note says so).
 
 Output (``--out``; default: CSV on stdout). One entry per scored image; images that could not be
 scored appear only on stderr.
@@ -13,12 +15,22 @@ scored appear only on stderr.
   (+ ``heatmap`` with ``--heatmap``); ``regions`` is the JSON list of the image's region records.
 * ``.json``: a list of the records of :meth:`rsfiqa.inference.scorer.Scorer.score` (regions nested).
 
+Each result is written (and flushed) as soon as it exists, so an interrupted run keeps what was
+scored. ``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
+(``photos/sub/a.jpg`` -> ``DIR/sub/a.jpg.heatmap.png``): two inputs never share a heatmap. Outputs
+never overwrite inputs: ``--out``, ``--report`` or a heatmap naming a scanned input, and a
+``--heatmap`` folder that is (or holds) a scanned folder, are refused before any work, and so are
+output folders that are missing or not writable. A heatmap that cannot be written is that image's
+error line (its score row is still written, with an empty ``heatmap``).
+
 ``score`` is on the MOS scale of the checkpoint's (first) training dataset, named in
 ``scale_dataset``; ``score_norm`` is the network's raw normalised prediction (not clipped).
 
 Exit status: 0 every input scored; 1 nothing scored because of a setup problem (bad option,
-checkpoint, unavailable annotator, no image found), the reason on stderr; 2 some inputs could not
-be scored — one ``rsfiqa score: error: ...`` line each on stderr — and the others were written.
+checkpoint, unavailable annotator, no image found, an output that would overwrite an input) or an
+output that failed part-way (a full disk), the reason in one line on stderr (``--debug``: the
+traceback); 2 some inputs could not be scored — one ``rsfiqa score: error: ...`` line each on
+stderr — and the others were written.
 """
 from __future__ import annotations
 
@@ -29,6 +41,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
@@ -40,12 +53,18 @@ from rsfiqa.inference.heatmap import render_heatmap
 from rsfiqa.inference.report import relative_link, report_entry, write_report
 from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, Scored, Scorer, ScoringSetupError
 from rsfiqa_core import contract
+from rsfiqa_core.imageio import printable
+from rsfiqa_core.usererrors import naming_the_file, one_line, pop_debug, run_reporting
 
 PROG = "rsfiqa score"
 EXIT_OK, EXIT_SETUP, EXIT_SOME_FAILED = 0, 1, 2
 CSV_COLUMNS = ("image", "score", "score_norm", "scale_dataset", "regions")
 OUTPUT_FORMATS = (".csv", ".json")
 GLOB_CHARS = set("*?[")
+EXPECTED_ERRORS = (ScoringSetupError, pretrained.PretrainedError, OSError)  # a user's to fix: one line
+ON_INTERRUPT = "the images scored so far are in the output"
+HEATMAP_SUFFIX = ".heatmap.png"
+NOTED_NAMES = 5  # file names shown in a note line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="change one option of the checkpoint's describer (repeatable), "
                              "e.g. model=/path/Qwen2.5-VL-7B-Instruct or name=measures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     return parser
 
 
@@ -100,55 +120,110 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower().lstrip(".") in contract.IMAGE_EXTS
 
 
-def folder_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+def is_within(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or inside it (real paths: links resolved)."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def expand_paths(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """(image files to score, one error line per PATH that names nothing); see the module docstring."""
-    files: list[Path] = []
-    errors: list[str] = []
+def broken_link_error(link: Path) -> str:
+    return f"{link}: broken symbolic link (its target {os.readlink(link)} does not exist)"
+
+
+class Scan:
+    """What the PATHs name: image files to score, error lines, and what was passed over (notes)."""
+
+    def __init__(self, exclude: Sequence[Path] = ()):
+        self.exclude = list(exclude)
+        self.files: list[Path] = []
+        self.errors: list[str] = []
+        self.other_files: list[Path] = []
+        self.excluded: set[Path] = set()
+
+    def add(self, path: Path) -> None:
+        """One file or link met in a folder or glob: kept, an error, or noted (or passed over: an output folder)."""
+        hidden_by = next((e for e in self.exclude if is_within(path, e)), None)
+        if hidden_by is not None:
+            self.excluded.add(hidden_by)
+        elif path.is_symlink() and not path.exists():
+            if is_image_name(path):
+                self.errors.append(broken_link_error(path))
+            else:
+                self.other_files.append(path)
+        elif path.is_file():
+            (self.files if is_image_name(path) else self.other_files).append(path)
+
+    def add_folder(self, folder: Path) -> None:
+        for path in sorted(folder.rglob("*")):
+            self.add(path)
+
+    def notes(self) -> list[str]:
+        notes = [f"not scanning {folder} (this run's --heatmap folder)" for folder in sorted(self.excluded)]
+        if self.other_files:
+            names = ", ".join(str(p) for p in self.other_files[:NOTED_NAMES])
+            more = f" and {len(self.other_files) - NOTED_NAMES} more" if len(self.other_files) > NOTED_NAMES else ""
+            notes.append(f"skipped {len(self.other_files)} file(s) without an image extension: {names}{more} "
+                         f"(scored extensions: {', '.join(contract.IMAGE_EXTS)}; name a file to score it anyway)")
+        return notes
+
+
+def scan_paths(paths: Iterable[str], exclude: Sequence[Path] = ()) -> Scan:
+    """The files to score, error lines and notes of ``paths`` (module docstring); ``exclude``: output folders."""
+    scan = Scan(exclude)
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            found = folder_images(path)
+            scan.add_folder(path)
         elif path.is_file():
-            found = [path]
+            scan.files.append(path)
+        elif path.is_symlink():
+            scan.errors.append(broken_link_error(path))
         elif GLOB_CHARS & set(text):
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            found = [f for m in matches for f in (folder_images(m) if m.is_dir() else [m] if is_image_name(m) else [])]
-            if not found:
-                errors.append(f"{text}: no image file matches this pattern")
+            before = len(scan.files)
+            for match in (Path(m) for m in sorted(glob.glob(text, recursive=True))):
+                if match.is_dir():
+                    scan.add_folder(match)
+                elif is_image_name(match):
+                    scan.add(match)
+            if len(scan.files) == before:
+                scan.errors.append(f"{text}: no image file matches this pattern")
         else:
-            errors.append(f"{text}: no such file or directory")
-            continue
-        files += found
-    return list(dict.fromkeys(files)), errors
+            scan.errors.append(f"{text}: no such file or directory")
+    scan.files = list(dict.fromkeys(scan.files))
+    scan.other_files = [p for p in dict.fromkeys(scan.other_files) if p not in set(scan.files)]  # named: scored
+    return scan
 
 
 # --------------------------------------------------------------------------- outputs
 class ResultWriter:
-    """Writes scored records as CSV rows (streamed) or as one JSON list (at close)."""
+    """Writes each scored record as soon as it exists: a CSV row, or one element of a JSON list (the list
+    is closed by :meth:`close`); an ``OSError`` (a full disk) names ``name``."""
 
-    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool, mos: bool = False):
-        self.stream, self.fmt = stream, fmt
-        self.records: list[dict[str, Any]] = []
+    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool, mos: bool = False, name: str = "<stdout>"):
+        self.stream, self.fmt, self.name, self.count = stream, fmt, name, 0
         columns = CSV_COLUMNS + (("mos",) if mos else ()) + (("heatmap",) if heatmaps else ())
         self.csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == ".csv" else None
-        if self.csv is not None:
-            self.csv.writeheader()
+        with naming_the_file(self.name):
+            if self.csv is not None:
+                self.csv.writeheader()
+            else:
+                self.stream.write("[")
+            self.stream.flush()
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.csv is None:
-            self.records.append(record)
-            return
-        self.csv.writerow({**record, "regions": json.dumps(record["regions"], ensure_ascii=False)})
-        self.stream.flush()
+        with naming_the_file(self.name):
+            if self.csv is not None:
+                self.csv.writerow({**record, "regions": json.dumps(record["regions"], ensure_ascii=False)})
+            else:
+                self.stream.write(("," if self.count else "") + "\n" + json.dumps(record, indent=1, ensure_ascii=False))
+            self.stream.flush()
+        self.count += 1
 
     def close(self) -> None:
         if self.csv is None:
-            json.dump(self.records, self.stream, indent=1, ensure_ascii=False)
-            self.stream.write("\n")
+            with naming_the_file(self.name):
+                self.stream.write("\n]\n")
+                self.stream.flush()
 
 
 def output_format(out: str | None) -> str:
@@ -161,15 +236,57 @@ def output_format(out: str | None) -> str:
 
 
 class HeatmapNamer:
-    """``<stem>.png`` per image in the heatmap folder; a repeated stem gets ``_2``, ``_3`` ..."""
+    """``DIR/<path under the inputs' common folder>.heatmap.png``: one heatmap per input, never shared."""
 
-    def __init__(self, folder: Path):
-        self.folder, self.seen = folder, {}
+    def __init__(self, folder: Path, files: Sequence[Path]):
+        self.folder = folder
+        self.base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]) if files else "."
 
-    def __call__(self, image: str) -> Path:
-        stem = Path(image).stem
-        self.seen[stem] = self.seen.get(stem, 0) + 1
-        return self.folder / (f"{stem}.png" if self.seen[stem] == 1 else f"{stem}_{self.seen[stem]}.png")
+    def __call__(self, image: str | Path) -> Path:
+        return self.folder / (os.path.relpath(os.path.abspath(image), self.base) + HEATMAP_SUFFIX)
+
+
+def prepare_heatmap_folder(folder: Path, paths: Sequence[str]) -> Path:
+    """Create ``--heatmap DIR``; refused when it is (or holds) a scanned folder or cannot be written."""
+    for text in paths:
+        if Path(text).is_dir() and is_within(Path(text), folder):
+            raise ScoringSetupError(f"--heatmap {folder}: is or holds the scanned folder {text}, so heatmaps would "
+                                    f"mix with the photos; choose a separate folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ScoringSetupError(f"--heatmap {folder}: cannot be created ({one_line(err)}); choose another "
+                                f"folder") from err
+    if not can_create_files(folder):
+        raise ScoringSetupError(f"--heatmap {folder}: not writable; choose another folder")
+    return folder
+
+
+def can_create_files(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried: permissions alone miss read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_writable_file(option: str, path: Path) -> None:
+    """An output file in an existing, writable folder (checked before any scoring work)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ScoringSetupError(f"{option} {path}: folder {folder} does not exist (create it first)")
+    if not can_create_files(folder) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ScoringSetupError(f"{option} {path}: {folder} is not writable (choose another folder)")
+
+
+def check_not_inputs(outputs: Iterable[tuple[str, Path]], files: Sequence[Path]) -> None:
+    """Refuse an output path that is one of the scanned inputs (it would be overwritten)."""
+    inputs = {os.path.realpath(f): f for f in files}
+    for option, path in outputs:
+        if os.path.realpath(path) in inputs:
+            raise ScoringSetupError(f"{option}: {path} is one of the images to score ({inputs[os.path.realpath(path)]})"
+                                    f" and would be overwritten; choose another output name")
 
 
 def caption(record: dict[str, Any], scorer: Scorer) -> str:
@@ -180,10 +297,18 @@ def caption(record: dict[str, Any], scorer: Scorer) -> str:
             f"normalised {record['score_norm']:.3f})")
 
 
-def write_heatmap(scored: Scored, path: Path, scorer: Scorer, attn_token: tuple[int, int] | None) -> str:
-    render_heatmap(path, scored.rgb, scored.label_map, scored.record["regions"], caption(scored.record, scorer),
-                   scored.attention, attn_token)
-    return str(path)
+def add_heatmap(scored: Scored, path: Path, scorer: Scorer, attn_token: tuple[int, int] | None) -> str | None:
+    """Write the image's heatmap and put its path in the record; when that fails the record keeps an
+    empty ``heatmap`` (its score stays) and the error line is returned."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_heatmap(path, scored.rgb, scored.label_map, scored.record["regions"], caption(scored.record, scorer),
+                       scored.attention, attn_token)
+    except OSError as err:
+        scored.record["heatmap"] = ""
+        return f"{scored.record['image']}: heatmap not written ({one_line(err)}); its score is in the output"
+    scored.record["heatmap"] = str(path)
+    return None
 
 
 # --------------------------------------------------------------------------- main
@@ -200,36 +325,54 @@ def run(args: argparse.Namespace) -> int:
         raise ScoringSetupError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.report is not None:
         check_report_path(Path(args.report))
+    if args.out is not None:
+        check_writable_file("--out", Path(args.out))
     mos = read_labels(Path(args.labels)) if args.labels else None
-    files, failures = expand_paths(args.paths)
+    heatmap_dir = prepare_heatmap_folder(Path(args.heatmap), args.paths) if args.heatmap else None
+    scan = scan_paths(args.paths, exclude=[heatmap_dir] if heatmap_dir else [])
+    files, failures = scan.files, list(scan.errors)
     for message in failures:
         report_error(message)
+    for note in scan.notes():
+        tqdm.write(f"{PROG}: note: {note}", file=sys.stderr)
     if not files:
         raise ScoringSetupError(f"no image file found in {args.paths} (extensions: {', '.join(contract.IMAGE_EXTS)})")
+    heatmap_path = HeatmapNamer(heatmap_dir, files) if heatmap_dir else None
+    check_not_inputs([(o, Path(p)) for o, p in (("--out", args.out), ("--report", args.report)) if p]
+                     + [("--heatmap", heatmap_path(f)) for f in files if heatmap_path], files)
     scorer = load_scorer(args)
     print(f"{PROG}: {scorer.scale.describe()}", file=sys.stderr)
-    heatmap_path = HeatmapNamer(Path(args.heatmap)) if args.heatmap else None
     scored_items = scorer.iter_scored(files, args.batch_size, progress=not args.no_progress,
                                       attn_token=args.attn_token,
                                       keep_arrays=heatmap_path is not None or args.report is not None)
     entries = []
+    by_name = {printable(str(f)): f for f in files}  # the record's image name -> the file
     with ExitStack() as stack:
         stream = stack.enter_context(open(args.out, "w", newline="", encoding="utf-8")) if args.out else sys.stdout
-        writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None, mos=mos is not None)
-        for scored in scored_items:
-            record = scored.record
-            if record["error"] is not None:
-                report_error(record["error"])
-                failures.append(record["error"])
-                continue
-            if mos is not None:
-                record["mos"] = mos.get(Path(record["image"]).name)
-            if heatmap_path is not None:
-                record["heatmap"] = write_heatmap(scored, heatmap_path(record["image"]), scorer, args.attn_token)
-            if args.report is not None:
-                link = relative_link(record["heatmap"], args.report) if "heatmap" in record else None
-                entries.append(report_entry(record, scored.rgb, scored.label_map, record.get("mos"), link))
-            writer.write(record)
+        writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None, mos=mos is not None,
+                              name=args.out or "<stdout>")
+        try:
+            for scored in scored_items:
+                record = scored.record
+                if record["error"] is not None:
+                    report_error(record["error"])
+                    failures.append(record["error"])
+                    continue
+                if mos is not None:
+                    record["mos"] = mos.get(Path(record["image"]).name)
+                if heatmap_path is not None:
+                    source = by_name.get(record["image"], Path(record["image"]))
+                    problem = add_heatmap(scored, heatmap_path(source), scorer, args.attn_token)
+                    if problem is not None:
+                        report_error(problem)
+                        failures.append(problem)
+                if args.report is not None:
+                    link = relative_link(record["heatmap"], args.report) if record.get("heatmap") else None
+                    entries.append(report_entry(record, scored.rgb, scored.label_map, record.get("mos"), link))
+                writer.write(record)
+        except KeyboardInterrupt:  # what was scored stays a valid file
+            writer.close()
+            raise
         writer.close()
     if args.report is not None:
         page = write_report(args.report, entries, f"RSFIQA scores of {len(entries)} photos", scorer.scale.describe(),
@@ -257,11 +400,7 @@ def check_report_path(path: Path) -> None:
     """An HTML file name in an existing, writable folder, checked before any scoring work."""
     if path.suffix.lower() not in (".html", ".htm"):
         raise ScoringSetupError(f"--report {path}: the file name must end in .html")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ScoringSetupError(f"--report {path}: folder {folder} does not exist (create it first)")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ScoringSetupError(f"--report {path}: {folder} is not writable (choose another folder)")
+    check_writable_file("--report", path)
 
 
 def read_labels(path: Path) -> dict[str, float]:
@@ -281,6 +420,7 @@ def read_labels(path: Path) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rsfiqa score`` (``argv`` without the command name); returns the exit status."""
+    argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
@@ -288,10 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for logger in loggers:
         logger.addHandler(handler)
     try:
-        return run(args)
-    except (ScoringSetupError, pretrained.PretrainedError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_SETUP
+        return run_reporting(PROG, lambda: run(args), EXPECTED_ERRORS, EXIT_SETUP, debug, ON_INTERRUPT)
     finally:
         for logger in loggers:
             logger.removeHandler(handler)

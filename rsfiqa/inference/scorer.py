@@ -47,6 +47,7 @@ from rsfiqa.data import transforms
 from rsfiqa.inference import pretrained
 from rsfiqa.data.sample import model_input
 from rsfiqa.model.net import NetConfig, RSFIQANet
+from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.model.text import FROM_CHECKPOINT
 from rsfiqa_core import contract
 from rsfiqa_core.device import resolve_device
@@ -66,12 +67,10 @@ class ScoringSetupError(RuntimeError):
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's dict (tensors and plain data only), checked for what scoring needs."""
     path = Path(path)
-    if not path.is_file():
-        raise ScoringSetupError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or corrupt files; all mean "unusable"
-        raise ScoringSetupError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        ckpt = read_checkpoint_file(path)
+    except CheckpointError as err:
+        raise ScoringSetupError(str(err)) from err
     missing = [k for k in ("hyper_parameters", "state_dict", "rsfiqa_data") if k not in ckpt]
     if missing:
         raise ScoringSetupError(f"{path}: checkpoint lacks {missing}; scoring needs a checkpoint written by "
