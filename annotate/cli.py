@@ -27,6 +27,13 @@ EXPECTED_ERRORS = (AnnotateError, DatasetError, MissingExtraError, ContractError
                    OmegaConfBaseException, OSError)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-new", action="store_true",
                    help="delete the shards already in --out instead of refusing other settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes that segment and describe (default: one per CPU core; 1 with a GPU model); "
+                        "the shards are byte-identical whatever the number")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. segmenter.name=sam")
     return p
 
@@ -50,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         summary = annotate(args.dataset, args.root, args.out, cfg, part=parse_part(args.part), limit=args.limit,
-                           force_new=args.force_new, progress=not args.no_progress)
+                           force_new=args.force_new, progress=not args.no_progress, workers=args.workers)
     except EXPECTED_ERRORS as e:
         print(f"annotate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

@@ -1,0 +1,113 @@
+"""Annotation on worker processes (annotate/parallel.py): the same results, monitor events and shard
+bytes as one process."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotate.api import Annotation, Annotator, Failure, Monitor
+from annotate.describe.measures import MeasuresDescriber
+from annotate.parallel import AnnotatorPool, worker_count
+from annotate.pipeline import annotate
+from annotate.segment.classical import ClassicalSegmenter
+from test_annotate_pipeline import config, make_tiny_dataset, tar_bytes
+
+
+class FussySegmenter(ClassicalSegmenter):
+    """The classical segmenter, raising on images whose top-left pixel is pure red."""
+
+    def segment(self, image: np.ndarray):
+        if tuple(image[0, 0]) == (255, 0, 0):
+            raise RuntimeError("red corner")
+        return super().segment(image)
+
+
+class Log(Monitor):
+    """Every monitor call, in order (stage seconds reduced to their image counts)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.images: dict[str, int] = {}
+
+    @contextmanager
+    def stage(self, name, images):
+        yield
+        self.images[name] = self.images.get(name, 0) + images
+
+    def spent(self, name, images, seconds):
+        assert seconds >= 0
+        self.images[name] = self.images.get(name, 0) + images
+
+    def failed(self, index, failure):
+        self.calls.append(("failed", index, failure.stage, str(failure.error)))
+
+    def passed(self):
+        self.calls.append(("passed",))
+
+
+def images(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        im = np.full((48 + 8 * i, 64, 3), 40 * i % 255, np.uint8)
+        im[10:30, 10:40] = rng.integers(0, 256, 3)
+        im[20:, 30:] += rng.integers(0, 30, (im.shape[0] - 20, 34, 3), dtype=np.uint8)
+        if i in (1, 2):
+            im[0, 0] = (255, 0, 0)
+        out.append(im)
+    return out
+
+
+def test_pool_gives_one_process_results_and_monitor_events():
+    annotator = Annotator(FussySegmenter(num_regions=3, long_side=64, n_segments=30), MeasuresDescriber())
+    batch = images(5)
+    alone, pooled = Log(), Log()
+    expected = [annotator.annotate([im], alone)[0] for im in batch]  # the pool's unit: one image per task
+    with AnnotatorPool(annotator, 2) as pool:
+        got = pool.annotate(batch, pooled)
+    assert [type(r) for r in got] == [Annotation, Failure, Failure, Annotation, Annotation]
+    for a, b in zip(expected, got):
+        if isinstance(a, Failure):
+            assert (a.stage, str(a.error)) == (b.stage, str(b.error))
+        else:
+            assert np.array_equal(a.label_map, b.label_map) and a.regions == b.regions
+    assert pooled.images == {"segment": 5, "describe": 3}
+    # the per-image events, each failure under its index in the batch
+    assert pooled.calls == [("passed",), ("passed",), ("failed", 1, "segment", "red corner"),
+                            ("failed", 2, "segment", "red corner"), ("passed",), ("passed",), ("passed",),
+                            ("passed",)]
+    # a whole batch in one process gives the same annotations
+    whole = annotator.annotate(batch, Log())
+    assert all(np.array_equal(a.label_map, b.label_map) and a.regions == b.regions
+               for a, b in zip(whole, got) if isinstance(a, Annotation))
+
+
+def test_worker_count_rules():
+    classical = Annotator(ClassicalSegmenter(), MeasuresDescriber())
+    assert worker_count(classical, 3) == 3
+    assert worker_count(classical, None) >= 1
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        worker_count(classical, 0)
+    on_device = Annotator(ClassicalSegmenter(), MeasuresDescriber())
+    on_device.segmenter.uses_device = True  # SAM / MLLM batch on their device instead
+    assert worker_count(on_device, 4) == 1
+
+
+@pytest.mark.shared
+def test_worker_processes_write_byte_identical_shards(tmp_path: Path):
+    root = tmp_path / "data"
+    labels = make_tiny_dataset(root, 9)
+    (root / "images" / "broken.jpg").write_bytes(b"not an image")
+    (root / "labels.csv").write_text((root / "labels.csv").read_text() + "broken.jpg,50\n")
+    one = annotate("csv", root, tmp_path / "one", config(), progress=False, workers=1)
+    two = annotate("csv", root, tmp_path / "two", config(), progress=False, workers=2)
+    assert (one.workers, two.workers) == (1, 2)
+    first, second = tar_bytes(tmp_path / "one"), tar_bytes(tmp_path / "two")
+    assert len(first) == 3 and first == second  # 9 photos in shards of 4
+    assert one.written == two.written == len(labels)
+    assert one.skipped == two.skipped and len(one.skipped) == 1
+    assert one.stage_images == two.stage_images
+    assert one.missing_descriptions == two.missing_descriptions
