@@ -31,10 +31,15 @@ from annotate.api import Annotation, Annotator, Failure, Monitor
 _WORKER_ANNOTATOR: Annotator | None = None  # the annotator of this worker process
 
 
+def on_device(annotator: Annotator) -> bool:
+    """Whether the segmenter or describer runs on a device (SAM, the MLLM): never in worker processes."""
+    return any(getattr(c, "uses_device", False) for c in (annotator.segmenter, annotator.describer))
+
+
 def worker_count(annotator: Annotator, requested: int | None) -> int:
     """Processes to use: ``requested``, or (``None``) one per CPU core this process may use;
     always 1 when a component runs on a device (it batches there instead)."""
-    if getattr(annotator.segmenter, "uses_device", False) or getattr(annotator.describer, "uses_device", False):
+    if on_device(annotator):
         return 1
     if requested is None:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

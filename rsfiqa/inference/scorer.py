@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -42,7 +44,8 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from annotate.api import Annotation, Annotator, AnnotatorSetupError
+from annotate.api import Annotation, Annotator, AnnotatorSetupError, Monitor
+from annotate.parallel import AnnotatorPool, PendingAnnotation, on_device
 from rsfiqa.data import transforms
 from rsfiqa.inference import pretrained
 from rsfiqa.data.sample import model_input
@@ -50,12 +53,19 @@ from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa.model.text import FROM_CHECKPOINT
 from rsfiqa_core import contract
 from rsfiqa_core.device import resolve_device
-from rsfiqa_core.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, printable, to_rgb8
+from rsfiqa_core.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, printable, shrink, to_rgb8
 
 log = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 DEFAULT_BATCH_SIZE = 8
+# Long side (px) at which images are annotated and fed to the network: bounds memory on huge photos
+# (rsfiqa_core.imageio's ``downscale_to``); images within it are scored exactly as they are.
+DEFAULT_MAX_SIDE = 2048
+# Annotation processes beside the network (0: annotate in this process): all cores but the one the
+# network's main process uses, at least 1 (measured on 2 cores: benchmarks/scoring.py).
+DEFAULT_WORKERS = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1)
+STAGES = ("decode", "segment", "describe", "prepare", "text", "network")
 
 
 class ScoringSetupError(RuntimeError):
@@ -164,17 +174,18 @@ def input_name(item: ImageInput, index: int) -> str:
     return f"<{type(item).__name__} #{index}>"
 
 
-def load_input(item: ImageInput, name: str, max_pixels: int | None) -> np.ndarray:
-    """Upright HxWx3 uint8 RGB of a path, PIL image or uint8 array; :class:`ImageError` otherwise."""
+def load_input(item: ImageInput, name: str, max_pixels: int | None, max_side: int | None = None) -> np.ndarray:
+    """Upright HxWx3 uint8 RGB of a path, PIL image or uint8 array, its long side at most
+    ``max_side`` (a path is decoded at reduced size where the format allows); :class:`ImageError` otherwise."""
     if isinstance(item, (str, os.PathLike)):
-        return load_rgb(item, max_pixels=max_pixels)[0]
+        return load_rgb(item, max_pixels=max_pixels, downscale_to=max_side)[0]
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
             raise ImageError(f"{name}: expected a uint8 array HxW, HxWx3 or HxWx4, got {item.dtype} {item.shape}")
         item = Image.fromarray(item)
     if not isinstance(item, Image.Image):
         raise ImageError(f"{name}: not an image (expected a path, a PIL image or a uint8 numpy array)")
-    rgb = np.asarray(to_rgb8(ImageOps.exif_transpose(item)), dtype=np.uint8)
+    rgb = np.asarray(shrink(to_rgb8(ImageOps.exif_transpose(item)), max_side), dtype=np.uint8)
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ImageError(f"{name}: image has no pixels")
     return rgb
@@ -190,6 +201,36 @@ class Scored:
     attention: np.ndarray | None = None    # RSA attention of the requested token on the grid [Hn, Wn]
 
 
+class StageTimes(Monitor):
+    """Seconds and images per scoring stage (:data:`STAGES`); the annotator reports ``segment`` and
+    ``describe`` through the :class:`~annotate.api.Monitor` hooks (from its worker processes, if any:
+    those seconds then overlap the others)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.images = dict.fromkeys(STAGES, 0)
+
+    @contextmanager
+    def stage(self, name: str, images: int) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.spent(name, images, time.perf_counter() - t0)
+
+    def spent(self, name: str, images: int, seconds: float) -> None:
+        self.seconds[name] += seconds
+        self.images[name] += images
+
+
+@dataclass
+class _Loaded:
+    """A batch decoded, its annotation under way in the worker processes (``pending``) or not yet begun."""
+
+    batch: list[tuple[int, ImageInput]]
+    errors: dict[int, Scored]
+    images: list[tuple[int, str, np.ndarray]]
+    pending: PendingAnnotation | None
+
+
 @dataclass
 class _Annotated:
     index: int
@@ -203,13 +244,17 @@ class Scorer:
     """Segmenter + describer + trained RSFIQANet, ready to score images (see the module docstring)."""
 
     def __init__(self, net: RSFIQANet, data: Mapping[str, Any], annotator: Annotator, device: torch.device,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE,
+                 workers: int = DEFAULT_WORKERS) -> None:
         self.net = net.eval()
         self.data = dict(data)
         self.annotator = annotator
         self.device = device
         self.scale = mos_scale(data)
         self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.workers = workers             # annotation processes; 0 = annotate in this process
+        self.times = StageTimes()          # accumulated over every scoring call
         self.image_size = transforms.as_size(data["image_size"])
         self.card: dict[str, Any] = {}     # a shipped model's card (``from_model_file``); empty otherwise
 
@@ -288,11 +333,28 @@ class Scorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if attn_token is not None:
             check_token(attn_token, self.token_grid())
-        with tqdm(total=len(images), unit="img", desc="score", disable=not progress) as bar:
-            for start in range(0, len(images), batch_size):
-                batch = list(enumerate(images[start:start + batch_size], start))
-                yield from self._score_batch(batch, attn_token, keep_arrays)
-                bar.update(len(batch))
+        batches = [list(enumerate(images[start:start + batch_size], start))
+                   for start in range(0, len(images), batch_size)]
+        with self.annotation_pool(len(images)) as pool, \
+                tqdm(total=len(images), unit="img", desc="score", disable=not progress) as bar:
+            previous = None
+            for batch in batches:  # batch k is decoded and annotated while the network scores batch k-1
+                current = self._load_batch(batch, pool)
+                if previous is not None:
+                    yield from self._score_loaded(previous, attn_token, keep_arrays)
+                    bar.update(len(previous.batch))
+                previous = current
+            if previous is not None:
+                yield from self._score_loaded(previous, attn_token, keep_arrays)
+                bar.update(len(previous.batch))
+
+    def annotation_pool(self, images: int) -> ContextManager[AnnotatorPool | None]:
+        """``workers`` annotation processes (:mod:`annotate.parallel`), or ``None``: annotate in this
+        process (``workers`` 0, a single image: nothing to overlap, or an annotator on a device, which
+        batches there)."""
+        if self.workers < 1 or images < 2 or on_device(self.annotator):
+            return nullcontext(None)
+        return AnnotatorPool(self.annotator, self.workers)
 
     @torch.inference_mode()
     def token_grid(self) -> tuple[int, int]:
@@ -303,18 +365,28 @@ class Scorer:
         return tuple(self.net.backbone(probe)[-1].shape[-2:])
 
     # ---------------------------------------------------------------- stages
-    def _score_batch(self, batch: list[tuple[int, ImageInput]], attn_token: tuple[int, int] | None,
-                     keep_arrays: bool) -> list[Scored]:
-        results: dict[int, Scored] = {}
+    def _load_batch(self, batch: list[tuple[int, ImageInput]], pool: AnnotatorPool | None) -> _Loaded:
+        """Decode a batch (errors kept per input) and, with worker processes, start annotating it."""
+        errors: dict[int, Scored] = {}
         loaded = []
-        for index, item in batch:
-            name = input_name(item, index)
-            try:
-                loaded.append((index, name, load_input(item, name, self.max_pixels)))
-            except ImageError as err:
-                results[index] = Scored(self.error_record(name, str(err)))
+        with self.times.stage("decode", len(batch)):
+            for index, item in batch:
+                name = input_name(item, index)
+                try:
+                    loaded.append((index, name, load_input(item, name, self.max_pixels, self.max_side)))
+                except ImageError as err:
+                    errors[index] = Scored(self.error_record(name, str(err)))
+        pending = pool.submit([rgb for _, _, rgb in loaded]) if pool is not None and loaded else None
+        return _Loaded(batch, errors, loaded, pending)
+
+    def _score_loaded(self, loaded: _Loaded, attn_token: tuple[int, int] | None, keep_arrays: bool) -> list[Scored]:
+        """Annotate (or collect the workers' annotations of) a decoded batch, then score it."""
+        results = dict(loaded.errors)
+        rgbs = [rgb for _, _, rgb in loaded.images]
+        outcomes = (loaded.pending.result(self.times) if loaded.pending is not None
+                    else self.annotator.annotate(rgbs, self.times))
         annotated = []
-        for (index, name, rgb), outcome in zip(loaded, self.annotator.annotate([rgb for _, _, rgb in loaded])):
+        for (index, name, rgb), outcome in zip(loaded.images, outcomes):
             if isinstance(outcome, Annotation):
                 annotated.append(_Annotated(index, name, rgb, outcome))
             else:
@@ -322,7 +394,7 @@ class Scorer:
         if annotated:
             for item, scored in zip(annotated, self._predict(annotated, attn_token, keep_arrays)):
                 results[item.index] = scored
-        return [results[index] for index, _ in batch]
+        return [results[index] for index, _ in loaded.batch]
 
     def model_input(self, rgb: np.ndarray, label_map: np.ndarray,
                     regions: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
@@ -333,13 +405,20 @@ class Scorer:
     @torch.inference_mode()
     def _predict(self, items: list[_Annotated], attn_token: tuple[int, int] | None,
                  keep_arrays: bool) -> list[Scored]:
-        inputs = [self.model_input(item.rgb, item.annotation.label_map, item.annotation.regions) for item in items]
-        images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
-        texts = [x[3] for x in inputs]
-        out = self.net.forward_features(images, labels, valid, texts, return_attn=attn_token is not None)
+        with self.times.stage("prepare", len(items)):
+            inputs = [self.model_input(item.rgb, item.annotation.label_map, item.annotation.regions) for item in items]
+            images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
+            texts = [x[3] for x in inputs]
+        encoder = self.net.text_encoder
+        if encoder is not None and encoder.frozen:  # encoded here once into its cache, looked up below
+            with self.times.stage("text", len(items)):
+                self.net.encode_region_texts(texts, valid)
+        with self.times.stage("network", len(items)):
+            out = self.net.forward_features(images, labels, valid, texts, return_attn=attn_token is not None)
+            scores = out["score"].float().cpu().tolist()
         attention = None if attn_token is None else token_attention(out["rsa_attn"], out["grid"], attn_token)
         scored = []
-        for i, (item, score_norm) in enumerate(zip(items, out["score"].float().cpu().tolist())):
+        for i, (item, score_norm) in enumerate(zip(items, scores)):
             regions = [{**r, "text": t} for r, t in zip(item.annotation.regions, texts[i])]
             record = {"image": item.name, "score": self.scale.to_mos(score_norm), "score_norm": score_norm,
                       "scale_dataset": self.scale.dataset, "regions": regions, "error": None}
