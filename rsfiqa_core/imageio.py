@@ -74,7 +74,8 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFA
                 th, tw = reduced_size((h, w), downscale_to)
                 img.draft(img.mode, (tw, th))  # JPEG: decode at the smallest scale >= the target size
             img.load()
-            img = ImageOps.exif_transpose(img)
+            info["decoded_size"] = img.size  # (width, height) as decoded: smaller than the file's after a JPEG draft
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright already
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
