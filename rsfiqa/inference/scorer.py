@@ -27,6 +27,14 @@ contract's region entries (index, valid, area, seg_score, content, levels, score
 Annotators. ``annotate.api.Annotator.from_record`` rebuilds the segmenter and describer from the
 configs the shards recorded (with the user's overrides) and annotates each batch; every
 difference from the recorded configs is logged as a warning.
+
+Speed and memory. With ``workers`` >= 1 (default: the CPU cores but one) CPU annotators run in
+worker processes (:mod:`annotate.parallel`, same results as in-process): batch k+1 is decoded and
+annotated while the network scores batch k. ``times`` (:class:`StageTimes`) accumulates the
+seconds of each stage. Images are decoded with their long side bounded by ``max_side``
+(:data:`DEFAULT_MAX_SIDE`; JPEGs at a reduced DCT scale), so a 100-MP photo costs about its
+decoded size once, not the full-resolution annotation; images within the bound are scored
+exactly as they are.
 """
 from __future__ import annotations
 
