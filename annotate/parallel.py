@@ -31,6 +31,11 @@ from annotate.api import Annotation, Annotator, Failure, Monitor
 _WORKER_ANNOTATOR: Annotator | None = None  # the annotator of this worker process
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def on_device(annotator: Annotator) -> bool:
     """Whether the segmenter or describer runs on a device (SAM, the MLLM): never in worker processes."""
     return any(getattr(c, "uses_device", False) for c in (annotator.segmenter, annotator.describer))
@@ -42,7 +47,7 @@ def worker_count(annotator: Annotator, requested: int | None) -> int:
     if on_device(annotator):
         return 1
     if requested is None:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return available_cores()
     if requested < 1:
         raise ValueError(f"workers must be >= 1 (or None for one per core), got {requested}")
     return requested

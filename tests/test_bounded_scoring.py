@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -77,3 +78,21 @@ def test_worker_processes_give_the_in_process_scores_and_stage_times(scorer, mon
     assert [r["error"] is None for r in pooled] == [True, True, False, True, True, True]
     counted = {k: scorer.times.images[k] - before[k] for k in before}
     assert counted == {"decode": 6, "segment": 5, "describe": 5, "prepare": 5, "text": 5, "network": 5}
+
+
+def test_network_threads_leave_the_annotation_workers_their_cores(scorer, monkeypatch):
+    import torch
+
+    outside = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        monkeypatch.setattr("rsfiqa.inference.scorer.available_cores", lambda: 4)
+        with scorer.network_threads(None):
+            assert torch.get_num_threads() == 3             # no workers: torch keeps its threads
+        with scorer.network_threads(SimpleNamespace(workers=2)):
+            assert torch.get_num_threads() == 2             # the cores the workers leave
+        with scorer.network_threads(SimpleNamespace(workers=6)):
+            assert torch.get_num_threads() == 1             # never below one
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(outside)

@@ -53,7 +53,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from annotate.api import Annotation, Annotator, AnnotatorSetupError, Monitor
-from annotate.parallel import AnnotatorPool, PendingAnnotation, on_device
+from annotate.parallel import AnnotatorPool, PendingAnnotation, available_cores, on_device
 from rsfiqa.data import transforms
 from rsfiqa.inference import pretrained
 from rsfiqa.data.sample import model_input
@@ -72,7 +72,7 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_SIDE = 2048
 # Annotation processes beside the network (0: annotate in this process): all cores but the one the
 # network's main process uses, at least 1 (measured on 2 cores: benchmarks/scoring.py).
-DEFAULT_WORKERS = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1)
+DEFAULT_WORKERS = max(1, available_cores() - 1)
 STAGES = ("decode", "segment", "describe", "prepare", "text", "network")
 
 
@@ -343,7 +343,7 @@ class Scorer:
             check_token(attn_token, self.token_grid())
         batches = [list(enumerate(images[start:start + batch_size], start))
                    for start in range(0, len(images), batch_size)]
-        with self.annotation_pool(len(images)) as pool, \
+        with self.annotation_pool(len(images)) as pool, self.network_threads(pool), \
                 tqdm(total=len(images), unit="img", desc="score", disable=not progress) as bar:
             previous = None
             for batch in batches:  # batch k is decoded and annotated while the network scores batch k-1
@@ -371,6 +371,19 @@ class Scorer:
             raise ScoringSetupError("attention maps need a model with RSA (this checkpoint has use_rsa=False)")
         probe = torch.zeros(1, 3, *self.image_size, device=self.device)
         return tuple(self.net.backbone(probe)[-1].shape[-2:])
+
+    @contextmanager
+    def network_threads(self, pool: AnnotatorPool | None) -> Iterator[None]:
+        """On the CPU, while annotation workers run beside it, the network's torch threads are limited to
+        the cores the workers leave (torch's own threads would otherwise compete with them; measured
+        in benchmarks/scoring.py); restored afterwards."""
+        before = torch.get_num_threads()
+        if pool is not None and self.device.type == "cpu":
+            torch.set_num_threads(max(1, min(before, available_cores() - pool.workers)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     # ---------------------------------------------------------------- stages
     def _load_batch(self, batch: list[tuple[int, ImageInput]], pool: AnnotatorPool | None) -> _Loaded:
