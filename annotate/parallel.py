@@ -13,12 +13,17 @@ next batch, the network when scoring) with the annotation of a batch. Components
 device (SAM, the MLLM) batch on that device instead: :func:`worker_count` gives them 1 worker.
 
 Workers are forked where the platform allows it (no re-import of the caller's modules, the
-annotator inherited rather than pickled), else spawned.
+annotator inherited rather than pickled), else spawned. On Linux a worker dies with the process
+that started it (:func:`die_with_parent`), so a killed run leaves no orphan behind. Use a pool from
+the thread that created it (Linux ties a worker's life to that thread).
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -29,6 +34,7 @@ import numpy as np
 from annotate.api import Annotation, Annotator, Failure, Monitor
 
 _WORKER_ANNOTATOR: Annotator | None = None  # the annotator of this worker process
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def available_cores() -> int:
@@ -76,8 +82,22 @@ class _Recorder(Monitor):
 _Outcome = tuple[Annotation | Failure, dict[str, tuple[int, float]], list[Failure | None]]
 
 
-def _init_worker(annotator: Annotator) -> None:
+def die_with_parent(parent: int) -> None:
+    """Linux: have this worker killed when the process that started it dies, even by SIGKILL; a
+    forked orphan would otherwise live on holding the parent's inherited file locks (the part lock
+    of ``annotate``, so a resumed run would be refused)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(annotator: Annotator, parent: int) -> None:
     global _WORKER_ANNOTATOR
+    die_with_parent(parent)
     _WORKER_ANNOTATOR = annotator
 
 
@@ -122,7 +142,7 @@ class AnnotatorPool:
         self.workers = workers
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         self.pool = ProcessPoolExecutor(workers, multiprocessing.get_context(method),
-                                        initializer=_init_worker, initargs=(annotator,))
+                                        initializer=_init_worker, initargs=(annotator, os.getpid()))
 
     def submit(self, images: Sequence[np.ndarray]) -> PendingAnnotation:
         """Start annotating ``images`` (one task per image); returns without waiting."""

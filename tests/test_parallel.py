@@ -2,6 +2,9 @@
 bytes as one process."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -111,3 +114,44 @@ def test_worker_processes_write_byte_identical_shards(tmp_path: Path):
     assert one.skipped == two.skipped and len(one.skipped) == 1
     assert one.stage_images == two.stage_images
     assert one.missing_descriptions == two.missing_descriptions
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from annotate.parallel import AnnotatorPool
+
+class Sleeper:
+    def annotate(self, images, monitor):
+        time.sleep(60)
+
+pool = AnnotatorPool(Sleeper(), 1)
+pool.submit([None])
+time.sleep(1.0)
+print(*pool.pool._processes, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_workers_die_when_the_annotating_process_is_killed():
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(Path(__file__).resolve().parents[1])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 1 and pid_alive(workers[0])
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while pid_alive(workers[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(workers[0]), "the worker outlived its killed parent"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
