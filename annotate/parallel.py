@@ -9,8 +9,10 @@ the same bytes. What the worker's :class:`~annotate.api.Monitor` saw (stage seco
 passes) is replayed into the caller's monitor image by image, in input order.
 
 :meth:`AnnotatorPool.submit` returns at once, so the caller can overlap its own work (decoding the
-next batch, the network when scoring) with the annotation of a batch. Components that run on a
-device (SAM, the MLLM) batch on that device instead: :func:`worker_count` gives them 1 worker.
+next batch, the network when scoring) with the annotation of a batch. Only components that declare
+``process_parallel = True`` (CPU-local and image by image: the classical segmenter, the measures
+describer) go to workers; SAM and the MLLM describers batch on their device or server instead:
+:func:`worker_count` gives them 1 process.
 
 Workers are forked where the platform allows it (no re-import of the caller's modules, the
 annotator inherited rather than pickled), else spawned. On Linux a worker dies with the process
@@ -42,15 +44,15 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def on_device(annotator: Annotator) -> bool:
-    """Whether the segmenter or describer runs on a device (SAM, the MLLM): never in worker processes."""
-    return any(getattr(c, "uses_device", False) for c in (annotator.segmenter, annotator.describer))
+def parallel_safe(annotator: Annotator) -> bool:
+    """Whether both components may run in worker processes (both set ``process_parallel = True``)."""
+    return all(getattr(c, "process_parallel", False) for c in (annotator.segmenter, annotator.describer))
 
 
 def worker_count(annotator: Annotator, requested: int | None) -> int:
     """Processes to use: ``requested``, or (``None``) one per CPU core this process may use;
-    always 1 when a component runs on a device (it batches there instead)."""
-    if on_device(annotator):
+    always 1 unless :func:`parallel_safe` (a device or server component batches there instead)."""
+    if not parallel_safe(annotator):
         return 1
     if requested is None:
         return available_cores()

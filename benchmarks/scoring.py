@@ -172,8 +172,8 @@ def scoring_parts(args: argparse.Namespace, parts: Sequence[str]) -> None:
     print("CPU: bare / this = the throughput ratio on a machine whose cores are all kept busy (each process's "
           "CPU time hardly depends on the other jobs of a shared machine, its wall time does)")
     stages = list(next(iter(best.values()))["stages"])
-    print(benchutil.markdown_table(("ms per photo", *stages),
-                                   [(name, *(1000 * run["stages"][s] / n for s in stages)) for name, run in best.items()]))
+    split = [(name, *(1000 * run["stages"][s] / n for s in stages)) for name, run in best.items()]
+    print(benchutil.markdown_table(("ms per photo", *stages), split))
     for name, run in best.items():
         if "heatmaps" not in name:
             ratio = n / run["wall"] / bare_rate

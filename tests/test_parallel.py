@@ -94,9 +94,9 @@ def test_worker_count_rules():
     assert worker_count(classical, None) >= 1
     with pytest.raises(ValueError, match="workers must be >= 1"):
         worker_count(classical, 0)
-    on_device = Annotator(ClassicalSegmenter(), MeasuresDescriber())
-    on_device.segmenter.uses_device = True  # SAM / MLLM batch on their device instead
-    assert worker_count(on_device, 4) == 1
+    batched = Annotator(ClassicalSegmenter(), MeasuresDescriber())
+    batched.describer.process_parallel = False  # as SAM and the MLLM describers: they batch on their device
+    assert worker_count(batched, 4) == 1
 
 
 @pytest.mark.shared

@@ -53,7 +53,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from annotate.api import Annotation, Annotator, AnnotatorSetupError, Monitor
-from annotate.parallel import AnnotatorPool, PendingAnnotation, available_cores, on_device
+from annotate.parallel import AnnotatorPool, PendingAnnotation, available_cores, parallel_safe
 from rsfiqa.data import transforms
 from rsfiqa.inference import pretrained
 from rsfiqa.data.sample import model_input
@@ -358,9 +358,9 @@ class Scorer:
 
     def annotation_pool(self, images: int) -> ContextManager[AnnotatorPool | None]:
         """``workers`` annotation processes (:mod:`annotate.parallel`), or ``None``: annotate in this
-        process (``workers`` 0, a single image: nothing to overlap, or an annotator on a device, which
-        batches there)."""
-        if self.workers < 1 or images < 2 or on_device(self.annotator):
+        process (``workers`` 0, a single image: nothing to overlap, or components that are not
+        :func:`~annotate.parallel.parallel_safe`: SAM, the MLLM describers batch on their device)."""
+        if self.workers < 1 or images < 2 or not parallel_safe(self.annotator):
             return nullcontext(None)
         return AnnotatorPool(self.annotator, self.workers)
 
@@ -411,7 +411,8 @@ class Scorer:
             if isinstance(outcome, Annotation):
                 annotated.append(_Annotated(index, name, rgb, outcome))
             else:
-                results[index] = Scored(self.error_record(name, f"{name}: annotation failed ({type(outcome.error).__name__}: {outcome.error})"))
+                reason = f"{name}: annotation failed ({type(outcome.error).__name__}: {outcome.error})"
+                results[index] = Scored(self.error_record(name, reason))
         if annotated:
             for item, scored in zip(annotated, self._predict(annotated, attn_token, keep_arrays)):
                 results[item.index] = scored
