@@ -63,6 +63,9 @@ class Monitor:
     def stage(self, name: str, images: int) -> ContextManager[Any]:
         return nullcontext()
 
+    def spent(self, name: str, images: int, seconds: float) -> None:
+        """``seconds`` spent in stage ``name`` on ``images`` images elsewhere (a worker process)."""
+
     def failed(self, index: int, failure: Failure) -> None:
         pass
 

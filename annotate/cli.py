@@ -32,6 +32,13 @@ EXPECTED_ERRORS = (AnnotateError, DatasetError, MissingExtraError, ContractError
                    OmegaConfBaseException, OSError)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotate finished samples again whose labels or image bytes changed, instead of refusing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes that segment and describe (default: one per CPU core; 1 with a GPU model); "
+                        "the shards are byte-identical whatever the number")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. segmenter.name=sam")
     return p
 
@@ -61,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         summary = annotate(args.dataset, args.root, args.out, cfg, part=parse_part(args.part), limit=args.limit,
                            force_new=args.force_new, progress=not args.no_progress,
-                           redo_changed=args.redo_changed)
+                           redo_changed=args.redo_changed, workers=args.workers)
         print(summary.report())
         return 0
 

@@ -46,7 +46,7 @@ import json
 import os
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -59,6 +59,7 @@ from tqdm import tqdm
 from annotate.api import Annotation, Annotator, Failure, Monitor
 from annotate.config import AnnotateError, ConfigError, section
 from annotate.datasets import get_adapter
+from annotate.parallel import AnnotatorPool, worker_count
 from annotate.describe import build_describer
 from annotate.segment import build_segmenter
 from annotate.types import Sample, Skipped
@@ -117,6 +118,7 @@ class Summary:
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     stage_images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     wall_seconds: float = 0.0
+    workers: int = 1              # annotation processes (stage seconds are summed over them)
     shards_written: list[str] = field(default_factory=list)
     discarded_temp_files: list[str] = field(default_factory=list)
     index_count: int = 0
@@ -144,7 +146,8 @@ class Summary:
         lines = [f"annotate {self.dataset} part {self.part} -> {self.out}",
                  f"  selected {self.selected}, already done {self.already_done}, written {self.written}, "
                  f"skipped {len(self.skipped)}; index.json now counts {self.index_count} samples",
-                 f"  wall {self.wall_seconds:.1f}s; {stages}"]
+                 f"  wall {self.wall_seconds:.1f}s ({self.workers} annotation process(es), stage seconds summed "
+                 f"over them); {stages}"]
         lines += [f"  redone (inputs changed): {item}" for item in self.redone[:REPORTED_SKIPS]]
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
         if self.skipped:
@@ -170,7 +173,10 @@ class StageClock:
     def stage(self, name: str, images: int) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
-        self.summary.stage_seconds[name] += time.perf_counter() - t0
+        self.add(name, images, time.perf_counter() - t0)
+
+    def add(self, name: str, images: int, seconds: float) -> None:
+        self.summary.stage_seconds[name] += seconds
         self.summary.stage_images[name] += images
 
     def rates(self) -> str:
@@ -390,6 +396,9 @@ class PipelineMonitor(Monitor):
     def stage(self, name: str, images: int) -> ContextManager[None]:
         return self.clock.stage(name, images)
 
+    def spent(self, name: str, images: int, seconds: float) -> None:
+        self.clock.add(name, images, seconds)
+
     def failed(self, index: int, failure: Failure) -> None:
         item = self.images[index].sample.image_name
         self.clock.summary.skipped.append({"item": item, "stage": failure.stage, "reason": failure.reason})
@@ -399,7 +408,7 @@ class PipelineMonitor(Monitor):
         self.guard.passed()
 
 
-def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator, writer: PartShardWriter,
+def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator | AnnotatorPool, writer: PartShardWriter,
                    record: Mapping[str, Any], cfg: DictConfig, clock: StageClock, guard: FailureGuard) -> None:
     """Load, segment, describe and write one batch of samples."""
     summary = clock.summary
@@ -417,9 +426,10 @@ def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator, wr
 # --------------------------------------------------------------------------- the run
 def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, part: tuple[int, int] = (0, 1),
              limit: int | None = None, force_new: bool = False, progress: bool = True,
-             redo_changed: bool = False) -> Summary:
+             redo_changed: bool = False, workers: int | None = 1) -> Summary:
     """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``;
-    ``redo_changed``: annotate finished samples whose inputs changed again instead of refusing."""
+    ``redo_changed``: annotate finished samples whose inputs changed again instead of refusing;
+    segment and describe in ``workers`` processes (``None``: one per core; :mod:`annotate.parallel`)."""
     t_start = time.perf_counter()
     out = Path(out)
     adapter = built(f"dataset {dataset!r}", get_adapter, dataset, **section(cfg, "dataset"))
@@ -443,7 +453,8 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     claim_settings(out, settings_fingerprint(name, cfg, record))
 
     prefix = part_prefix(name, *part)
-    summary = Summary(dataset=name, part=f"{part[0]}/{part[1]}", out=str(out), selected=len(selected))
+    summary = Summary(dataset=name, part=f"{part[0]}/{part[1]}", out=str(out), selected=len(selected),
+                      workers=worker_count(annotator, workers))
     summary.skipped += [{"item": s.item, "reason": s.reason, "stage": "labels"}
                         for s in [*adapter_skips, *duplicate_skips, *content_skips]]
     with part_lock(out, prefix):
@@ -459,10 +470,11 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
         todo = [(k, s) for k, s in selected if k not in done]
         summary.already_done = len(selected) - len(todo)
         clock, guard = StageClock(summary), FailureGuard()
-        with writer, tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
+        runner = AnnotatorPool(annotator, summary.workers) if summary.workers > 1 else nullcontext(annotator)
+        with writer, runner as annotating, tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start:start + cfg.batch_size]
-                annotate_batch(batch, annotator, writer, record, cfg, clock, guard)
+                annotate_batch(batch, annotating, writer, record, cfg, clock, guard)
                 bar.update(len(batch))
                 bar.set_postfix_str(clock.rates(), refresh=False)
         summary.shards_written = [p.name for p in writer.completed]

@@ -11,8 +11,12 @@ same documented treatment (README, "Failure behaviour"):
 * images over ``max_pixels`` are refused with a clear message (decompression-bomb guard), checked
   on the header before any pixel is decoded; Pillow's own warning threshold (about 89 MP) is
   superseded by ``max_pixels``, its hard ceiling (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, about
-  179 MP) still applies and must be raised there for larger ``max_pixels``. Callers that prefer
-  downscaling pass ``downscale_to`` (long side in pixels).
+  179 MP) still applies and must be raised there for larger ``max_pixels``;
+* ``downscale_to`` (long side in pixels) bounds the returned array: a JPEG is decoded at the
+  smallest DCT scale (1/2, 1/4, 1/8; Pillow's ``draft``) that still covers that size, then any
+  image is resized (Pillow's antialiased bicubic) to it. Other formats are decoded at full size
+  first, so their peak memory is the decoded image (3-4 bytes a pixel) plus the copies made for
+  orientation and mode conversion. Images within ``downscale_to`` come back exactly as without it.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def to_rgb8(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         arr = (arr - arr.min()) / max(float(np.ptp(arr)), 1e-12)
         return Image.fromarray((arr * 255 + 0.5).astype(np.uint8), "L").convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -60,16 +64,18 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFA
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides below
             img = Image.open(io.BytesIO(data))
             w, h = img.size
-            if max_pixels is not None and w * h > max_pixels and downscale_to is None:
+            if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
                                  f"{max_pixels / 1e6:.0f} MP (decompression-bomb guard); downscale it first "
                                  f"or raise max_pixels")
             info["frames"] = getattr(img, "n_frames", 1)
             info["mode"] = img.mode
             if downscale_to is not None and max(w, h) > downscale_to and hasattr(img, "draft"):
-                img.draft("RGB", (downscale_to, downscale_to))  # JPEG: decode at reduced size
+                th, tw = reduced_size((h, w), downscale_to)
+                img.draft(img.mode, (tw, th))  # JPEG: decode at the smallest scale >= the target size
             img.load()
-            img = ImageOps.exif_transpose(img)
+            info["decoded_size"] = img.size  # (width, height) as decoded: smaller than the file's after a JPEG draft
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright already
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -79,14 +85,20 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFA
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: broken image data ({e})") from e
     rgb = to_rgb8(img)
+    del img  # the decoded original can go once converted
     if downscale_to is not None and max(rgb.size) > downscale_to:
-        scale = downscale_to / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BICUBIC)
+        rgb = shrink(rgb, downscale_to)
         info["downscaled_to"] = rgb.size
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{name}: image has no pixels")
     return arr, info
+
+
+def shrink(img: Image.Image, long_side: int | None) -> Image.Image:
+    """``img`` resized (Pillow's antialiased bicubic) so that its long side is at most ``long_side``."""
+    h, w = reduced_size((img.height, img.width), long_side)
+    return img if (w, h) == img.size else img.resize((w, h), Image.BICUBIC)
 
 
 def load_rgb(path: str | Path, **kwargs: Any) -> tuple[np.ndarray, bytes, dict[str, Any]]:

@@ -82,3 +82,18 @@ def test_interpolations_resolve_recursively_and_unknown_keys_fail() -> None:
     assert train_step.resolve_interpolations(tree, tree) == {"a": {"b": 3}, "c": 3, "d": [3, "plain"]}
     with pytest.raises(KeyError):
         train_step.resolve_interpolations({"x": "${missing.key}"}, {})
+
+
+@pytest.mark.slow  # three fresh scoring processes (the memory part)
+def test_scoring_benchmark_prints_every_target(capsys: pytest.CaptureFixture[str]) -> None:
+    import scoring
+
+    scoring.main(["--root", str(SHARED / "data" / "clive-dev"), "--photos", "2", "--batch", "1", "--reps", "1",
+                  "--annotate-photos", "2", "--big-side", "600", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "ratio scoring (in-process annotation (workers=0)) / bare backbone:" in out and "(target >= 0.5:" in out
+    assert "heatmap drawing + PNG:" in out and "(target <= 0.1:" in out
+    assert "shards byte-identical: True" in out and "(target <= 120:" in out
+    assert "peak RSS, largest of the runs:" in out and "(target <= 2.0:" in out
+    for stage in ("decode", "segment", "describe", "text", "network", "write"):
+        assert f" {stage} |" in out

@@ -216,6 +216,7 @@ class MeasuresDescriber:
 
     name = "measures"
     uses_device = False
+    process_parallel = True  # CPU-only, image by image: may run in annotate.parallel's worker processes
 
     def __init__(self, max_colour_samples: int = 4096) -> None:
         self.max_colour_samples = max_colour_samples

@@ -128,6 +128,7 @@ class ClassicalSegmenter:
 
     name = "classical"
     uses_device = False
+    process_parallel = True  # CPU-only, image by image: may run in annotate.parallel's worker processes
 
     def __init__(
         self,

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from rsfiqa.inference import pretrained
 from rsfiqa.inference.heatmap import render_heatmap
 from rsfiqa.inference.report import relative_link, report_entry, write_report
-from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, Scored, Scorer, ScoringSetupError
+from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored, Scorer, ScoringSetupError
 from rsfiqa_core import contract
 from rsfiqa_core.imageio import printable
 from rsfiqa_core.usererrors import naming_the_file, one_line, pop_debug, run_reporting
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --heatmap: add the RSA attention map of this token-grid cell as a second panel")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="images per segmenter/describer/model batch (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="processes that segment and describe while the network scores (0: all in one "
+                             "process; default %(default)s, the CPU cores but one)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     parser.add_argument("--segmenter-override", action="append", default=[], metavar="KEY=VAL",
                         help="change one option of the checkpoint's segmenter (repeat the flag for several), "
@@ -323,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
         raise ScoringSetupError("--attn-token draws into the heatmaps: add --heatmap DIR")
     if args.batch_size < 1:
         raise ScoringSetupError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ScoringSetupError(f"--workers must be >= 0, got {args.workers}")
     if args.report is not None:
         check_report_path(Path(args.report))
     if args.out is not None:
@@ -341,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
     check_not_inputs([(o, Path(p)) for o, p in (("--out", args.out), ("--report", args.report)) if p]
                      + [("--heatmap", heatmap_path(f)) for f in files if heatmap_path], files)
     scorer = load_scorer(args)
+    scorer.workers = args.workers
     print(f"{PROG}: {scorer.scale.describe()}", file=sys.stderr)
     scored_items = scorer.iter_scored(files, args.batch_size, progress=not args.no_progress,
                                       attn_token=args.attn_token,

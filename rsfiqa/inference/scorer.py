@@ -27,14 +27,24 @@ contract's region entries (index, valid, area, seg_score, content, levels, score
 Annotators. ``annotate.api.Annotator.from_record`` rebuilds the segmenter and describer from the
 configs the shards recorded (with the user's overrides) and annotates each batch; every
 difference from the recorded configs is logged as a warning.
+
+Speed and memory. With ``workers`` >= 1 (default: the CPU cores but one) CPU annotators run in
+worker processes (:mod:`annotate.parallel`, same results as in-process): batch k+1 is decoded and
+annotated while the network scores batch k. ``times`` (:class:`StageTimes`) accumulates the
+seconds of each stage. Images are decoded with their long side bounded by ``max_side``
+(:data:`DEFAULT_MAX_SIDE`; JPEGs at a reduced DCT scale), so a 100-MP photo costs about its
+decoded size once, not the full-resolution annotation; images within the bound are scored
+exactly as they are.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -42,7 +52,8 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from annotate.api import Annotation, Annotator, AnnotatorSetupError
+from annotate.api import Annotation, Annotator, AnnotatorSetupError, Monitor
+from annotate.parallel import AnnotatorPool, PendingAnnotation, available_cores, parallel_safe
 from rsfiqa.data import transforms
 from rsfiqa.inference import pretrained
 from rsfiqa.data.sample import model_input
@@ -51,12 +62,19 @@ from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.model.text import FROM_CHECKPOINT
 from rsfiqa_core import contract
 from rsfiqa_core.device import resolve_device
-from rsfiqa_core.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, printable, to_rgb8
+from rsfiqa_core.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, printable, shrink, to_rgb8
 
 log = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 DEFAULT_BATCH_SIZE = 8
+# Long side (px) at which images are annotated and fed to the network: bounds memory on huge photos
+# (rsfiqa_core.imageio's ``downscale_to``); images within it are scored exactly as they are.
+DEFAULT_MAX_SIDE = 2048
+# Annotation processes beside the network (0: annotate in this process): all cores but the one the
+# network's main process uses, at least 1 (measured on 2 cores: benchmarks/scoring.py).
+DEFAULT_WORKERS = max(1, available_cores() - 1)
+STAGES = ("decode", "segment", "describe", "prepare", "text", "network")
 
 
 class ScoringSetupError(RuntimeError):
@@ -163,17 +181,18 @@ def input_name(item: ImageInput, index: int) -> str:
     return f"<{type(item).__name__} #{index}>"
 
 
-def load_input(item: ImageInput, name: str, max_pixels: int | None) -> np.ndarray:
-    """Upright HxWx3 uint8 RGB of a path, PIL image or uint8 array; :class:`ImageError` otherwise."""
+def load_input(item: ImageInput, name: str, max_pixels: int | None, max_side: int | None = None) -> np.ndarray:
+    """Upright HxWx3 uint8 RGB of a path, PIL image or uint8 array, its long side at most
+    ``max_side`` (a path is decoded at reduced size where the format allows); :class:`ImageError` otherwise."""
     if isinstance(item, (str, os.PathLike)):
-        return load_rgb(item, max_pixels=max_pixels)[0]
+        return load_rgb(item, max_pixels=max_pixels, downscale_to=max_side)[0]
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
             raise ImageError(f"{name}: expected a uint8 array HxW, HxWx3 or HxWx4, got {item.dtype} {item.shape}")
         item = Image.fromarray(item)
     if not isinstance(item, Image.Image):
         raise ImageError(f"{name}: not an image (expected a path, a PIL image or a uint8 numpy array)")
-    rgb = np.asarray(to_rgb8(ImageOps.exif_transpose(item)), dtype=np.uint8)
+    rgb = np.asarray(shrink(to_rgb8(ImageOps.exif_transpose(item)), max_side), dtype=np.uint8)
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ImageError(f"{name}: image has no pixels")
     return rgb
@@ -189,6 +208,36 @@ class Scored:
     attention: np.ndarray | None = None    # RSA attention of the requested token on the grid [Hn, Wn]
 
 
+class StageTimes(Monitor):
+    """Seconds and images per scoring stage (:data:`STAGES`); the annotator reports ``segment`` and
+    ``describe`` through the :class:`~annotate.api.Monitor` hooks (from its worker processes, if any:
+    those seconds then overlap the others)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.images = dict.fromkeys(STAGES, 0)
+
+    @contextmanager
+    def stage(self, name: str, images: int) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.spent(name, images, time.perf_counter() - t0)
+
+    def spent(self, name: str, images: int, seconds: float) -> None:
+        self.seconds[name] += seconds
+        self.images[name] += images
+
+
+@dataclass
+class _Loaded:
+    """A batch decoded, its annotation under way in the worker processes (``pending``) or not yet begun."""
+
+    batch: list[tuple[int, ImageInput]]
+    errors: dict[int, Scored]
+    images: list[tuple[int, str, np.ndarray]]
+    pending: PendingAnnotation | None
+
+
 @dataclass
 class _Annotated:
     index: int
@@ -202,13 +251,17 @@ class Scorer:
     """Segmenter + describer + trained RSFIQANet, ready to score images (see the module docstring)."""
 
     def __init__(self, net: RSFIQANet, data: Mapping[str, Any], annotator: Annotator, device: torch.device,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE,
+                 workers: int = DEFAULT_WORKERS) -> None:
         self.net = net.eval()
         self.data = dict(data)
         self.annotator = annotator
         self.device = device
         self.scale = mos_scale(data)
         self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.workers = workers             # annotation processes; 0 = annotate in this process
+        self.times = StageTimes()          # accumulated over every scoring call
         self.image_size = transforms.as_size(data["image_size"])
         self.card: dict[str, Any] = {}     # a shipped model's card (``from_model_file``); empty otherwise
 
@@ -287,11 +340,28 @@ class Scorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if attn_token is not None:
             check_token(attn_token, self.token_grid())
-        with tqdm(total=len(images), unit="img", desc="score", disable=not progress) as bar:
-            for start in range(0, len(images), batch_size):
-                batch = list(enumerate(images[start:start + batch_size], start))
-                yield from self._score_batch(batch, attn_token, keep_arrays)
-                bar.update(len(batch))
+        batches = [list(enumerate(images[start:start + batch_size], start))
+                   for start in range(0, len(images), batch_size)]
+        with self.annotation_pool(len(images)) as pool, self.network_threads(pool), \
+                tqdm(total=len(images), unit="img", desc="score", disable=not progress) as bar:
+            previous = None
+            for batch in batches:  # batch k is decoded and annotated while the network scores batch k-1
+                current = self._load_batch(batch, pool)
+                if previous is not None:
+                    yield from self._score_loaded(previous, attn_token, keep_arrays)
+                    bar.update(len(previous.batch))
+                previous = current
+            if previous is not None:
+                yield from self._score_loaded(previous, attn_token, keep_arrays)
+                bar.update(len(previous.batch))
+
+    def annotation_pool(self, images: int) -> ContextManager[AnnotatorPool | None]:
+        """``workers`` annotation processes (:mod:`annotate.parallel`), or ``None``: annotate in this
+        process (``workers`` 0, a single image: nothing to overlap, or components that are not
+        :func:`~annotate.parallel.parallel_safe`: SAM, the MLLM describers batch on their device)."""
+        if self.workers < 1 or images < 2 or not parallel_safe(self.annotator):
+            return nullcontext(None)
+        return AnnotatorPool(self.annotator, self.workers)
 
     @torch.inference_mode()
     def token_grid(self) -> tuple[int, int]:
@@ -301,27 +371,51 @@ class Scorer:
         probe = torch.zeros(1, 3, *self.image_size, device=self.device)
         return tuple(self.net.backbone(probe)[-1].shape[-2:])
 
+    @contextmanager
+    def network_threads(self, pool: AnnotatorPool | None) -> Iterator[None]:
+        """On the CPU, while annotation workers run beside it, the network's torch threads are limited to
+        the cores the workers leave (torch's own threads would otherwise compete with them; measured
+        in benchmarks/scoring.py); restored afterwards."""
+        before = torch.get_num_threads()
+        if pool is not None and self.device.type == "cpu":
+            torch.set_num_threads(max(1, min(before, available_cores() - pool.workers)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     # ---------------------------------------------------------------- stages
-    def _score_batch(self, batch: list[tuple[int, ImageInput]], attn_token: tuple[int, int] | None,
-                     keep_arrays: bool) -> list[Scored]:
-        results: dict[int, Scored] = {}
+    def _load_batch(self, batch: list[tuple[int, ImageInput]], pool: AnnotatorPool | None) -> _Loaded:
+        """Decode a batch (errors kept per input) and, with worker processes, start annotating it."""
+        errors: dict[int, Scored] = {}
         loaded = []
-        for index, item in batch:
-            name = input_name(item, index)
-            try:
-                loaded.append((index, name, load_input(item, name, self.max_pixels)))
-            except ImageError as err:
-                results[index] = Scored(self.error_record(name, str(err)))
+        with self.times.stage("decode", len(batch)):
+            for index, item in batch:
+                name = input_name(item, index)
+                try:
+                    loaded.append((index, name, load_input(item, name, self.max_pixels, self.max_side)))
+                except ImageError as err:
+                    errors[index] = Scored(self.error_record(name, str(err)))
+        pending = pool.submit([rgb for _, _, rgb in loaded]) if pool is not None and loaded else None
+        return _Loaded(batch, errors, loaded, pending)
+
+    def _score_loaded(self, loaded: _Loaded, attn_token: tuple[int, int] | None, keep_arrays: bool) -> list[Scored]:
+        """Annotate (or collect the workers' annotations of) a decoded batch, then score it."""
+        results = dict(loaded.errors)
+        rgbs = [rgb for _, _, rgb in loaded.images]
+        outcomes = (loaded.pending.result(self.times) if loaded.pending is not None
+                    else self.annotator.annotate(rgbs, self.times))
         annotated = []
-        for (index, name, rgb), outcome in zip(loaded, self.annotator.annotate([rgb for _, _, rgb in loaded])):
+        for (index, name, rgb), outcome in zip(loaded.images, outcomes):
             if isinstance(outcome, Annotation):
                 annotated.append(_Annotated(index, name, rgb, outcome))
             else:
-                results[index] = Scored(self.error_record(name, f"{name}: annotation failed ({type(outcome.error).__name__}: {outcome.error})"))
+                reason = f"{name}: annotation failed ({type(outcome.error).__name__}: {outcome.error})"
+                results[index] = Scored(self.error_record(name, reason))
         if annotated:
             for item, scored in zip(annotated, self._predict(annotated, attn_token, keep_arrays)):
                 results[item.index] = scored
-        return [results[index] for index, _ in batch]
+        return [results[index] for index, _ in loaded.batch]
 
     def model_input(self, rgb: np.ndarray, label_map: np.ndarray,
                     regions: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
@@ -332,13 +426,20 @@ class Scorer:
     @torch.inference_mode()
     def _predict(self, items: list[_Annotated], attn_token: tuple[int, int] | None,
                  keep_arrays: bool) -> list[Scored]:
-        inputs = [self.model_input(item.rgb, item.annotation.label_map, item.annotation.regions) for item in items]
-        images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
-        texts = [x[3] for x in inputs]
-        out = self.net.forward_features(images, labels, valid, texts, return_attn=attn_token is not None)
+        with self.times.stage("prepare", len(items)):
+            inputs = [self.model_input(item.rgb, item.annotation.label_map, item.annotation.regions) for item in items]
+            images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
+            texts = [x[3] for x in inputs]
+        encoder = self.net.text_encoder
+        if encoder is not None and encoder.frozen:  # encoded here once into its cache, looked up below
+            with self.times.stage("text", len(items)):
+                self.net.encode_region_texts(texts, valid)
+        with self.times.stage("network", len(items)):
+            out = self.net.forward_features(images, labels, valid, texts, return_attn=attn_token is not None)
+            scores = out["score"].float().cpu().tolist()
         attention = None if attn_token is None else token_attention(out["rsa_attn"], out["grid"], attn_token)
         scored = []
-        for i, (item, score_norm) in enumerate(zip(items, out["score"].float().cpu().tolist())):
+        for i, (item, score_norm) in enumerate(zip(items, scores)):
             regions = [{**r, "text": t} for r, t in zip(item.annotation.regions, texts[i])]
             record = {"image": item.name, "score": self.scale.to_mos(score_norm), "score_norm": score_norm,
                       "scale_dataset": self.scale.dataset, "regions": regions, "error": None}
