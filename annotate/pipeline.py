@@ -46,11 +46,11 @@ import json
 import os
 import time
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 from omegaconf import DictConfig
@@ -86,6 +86,7 @@ from rsfiqa_core.contract import (
     sample_key,
 )
 from rsfiqa_core.imageio import ImageError, load_rgb
+from rsfiqa_core.timing import StageSeconds
 from rsfiqa_core.usererrors import naming_the_file
 
 T = TypeVar("T")
@@ -163,21 +164,12 @@ class Summary:
         return "\n".join(lines)
 
 
-class StageClock:
+class StageClock(StageSeconds):
     """Accumulates time and image counts per stage into a :class:`Summary`."""
 
     def __init__(self, summary: Summary):
+        super().__init__(summary.stage_seconds, summary.stage_images)
         self.summary = summary
-
-    @contextmanager
-    def stage(self, name: str, images: int) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self.add(name, images, time.perf_counter() - t0)
-
-    def add(self, name: str, images: int, seconds: float) -> None:
-        self.summary.stage_seconds[name] += seconds
-        self.summary.stage_images[name] += images
 
     def rates(self) -> str:
         return " ".join(f"{s} {r:.1f}/s" for s, r in self.summary.images_per_second().items() if r)
@@ -397,7 +389,7 @@ class PipelineMonitor(Monitor):
         return self.clock.stage(name, images)
 
     def spent(self, name: str, images: int, seconds: float) -> None:
-        self.clock.add(name, images, seconds)
+        self.clock.spent(name, images, seconds)
 
     def failed(self, index: int, failure: Failure) -> None:
         item = self.images[index].sample.image_name

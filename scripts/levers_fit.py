@@ -68,7 +68,7 @@ def features(spec: str, names: list[str], flip: bool = False) -> np.ndarray:
 
 
 def has_flip(spec: str) -> bool:
-    return all(f"L0_mean_flip" in cache_file(*p.split(":")[0].split("@")) for p in spec.split("+"))
+    return all("L0_mean_flip" in cache_file(*p.split(":")[0].split("@")) for p in spec.split("+"))
 
 
 def split_masks(names: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -362,7 +362,9 @@ ROWS: list[dict] = [
 def summarise(res: dict, anchor: dict | None) -> str:
     sr = np.array([res["splits"][s]["srcc"] for s in SPLITS])
     pl = np.array([res["splits"][s]["plcc"] for s in SPLITS])
-    sd = (lambda v: v.std(ddof=1)) if len(v := sr) > 1 else (lambda v: 0.0)
+    def sd(values: np.ndarray) -> float:
+        return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
     line = (f"{res['row']:<40} d={res['dim']:<6} SRCC {sr.mean():.3f}±{sd(sr):.3f} "
             f"PLCC {pl.mean():.3f}±{sd(pl):.3f}")
     if anchor:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from rsfiqa.model.text import FROM_CHECKPOINT
 from rsfiqa_core import contract
 from rsfiqa_core.device import resolve_device
 from rsfiqa_core.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, printable, shrink, to_rgb8
+from rsfiqa_core.timing import StageSeconds
 
 log = logging.getLogger(__name__)
 
@@ -208,24 +208,13 @@ class Scored:
     attention: np.ndarray | None = None    # RSA attention of the requested token on the grid [Hn, Wn]
 
 
-class StageTimes(Monitor):
+class StageTimes(StageSeconds, Monitor):
     """Seconds and images per scoring stage (:data:`STAGES`); the annotator reports ``segment`` and
     ``describe`` through the :class:`~annotate.api.Monitor` hooks (from its worker processes, if any:
     those seconds then overlap the others)."""
 
     def __init__(self) -> None:
-        self.seconds = dict.fromkeys(STAGES, 0.0)
-        self.images = dict.fromkeys(STAGES, 0)
-
-    @contextmanager
-    def stage(self, name: str, images: int) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self.spent(name, images, time.perf_counter() - t0)
-
-    def spent(self, name: str, images: int, seconds: float) -> None:
-        self.seconds[name] += seconds
-        self.images[name] += images
+        super().__init__(dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0))
 
 
 @dataclass
