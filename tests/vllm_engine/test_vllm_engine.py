@@ -41,8 +41,8 @@ from annotate.describe.parsing import (digit_expectation, parse_content, parse_l
 from annotate.describe.prompts import (LEVEL_ANSWER_PREFIX, SCORE_ANSWER_PREFIX, build_conversation,  # noqa: E402
                                        question_kinds)
 from annotate.segment.postprocess import postprocess  # noqa: E402
-from rsfiqa_core.contract import (DIMENSIONS, LEVELS, decode_sample, empty_region, encode_sample,  # noqa: E402
-                             make_record, region_text, sample_key)
+from rsfiqa_core.contract import (CHECKSUMS_KEY, DIMENSIONS, JSON_KEY, LEVELS, decode_sample,  # noqa: E402
+                                  empty_region, encode_sample, make_record, region_text, sample_key)
 from rsfiqa_core.imageio import load_rgb  # noqa: E402
 from tests.tiny_qwen import save_tiny_qwen  # noqa: E402
 
@@ -132,7 +132,8 @@ def contract_record(rgb_path: Path, seg, descriptions, annotator) -> dict:
                          ref=None, splits={"split1": "train"}, regions=regions, annotator=annotator)
     sample = encode_sample(sample_key("demo", rgb_path.name), rgb_path.read_bytes(), rgb_path.name,
                            seg.label_map, record)
-    decoded = decode_sample(sample)
+    decoded = decode_sample(sample)  # verifies the member checksums encode_sample added
+    assert set(decoded["record"].pop(CHECKSUMS_KEY)) == {k for k in sample if k not in ("__key__", JSON_KEY)}
     assert decoded["record"] == json.loads(json.dumps(record))
     assert np.array_equal(decoded["label_map"], seg.label_map)
     return decoded["record"]
