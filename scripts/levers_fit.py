@@ -52,19 +52,25 @@ def cache_file(bb: str, scale: str) -> dict:
     return _cache[key]
 
 
-def features(spec: str, names: list[str], flip: bool = False) -> np.ndarray:
-    """[N, D] feature matrix in the order of ``names`` (flip: the flipped view's statistics)."""
+def spec_blocks(spec: str, flip: bool = False) -> list[tuple[str, np.ndarray]]:
+    """(statistic, [N, C] cached array) per part x level x statistic of ``spec``, in column order."""
     blocks = []
     for part in spec.split("+"):
         head, levels, stats = part.split(":")
         bb, scale = head.split("@")
         z = cache_file(bb, scale)
-        assert list(z["names"]) == names, "cache rows are not in labels.csv order"
         for lv in levels:
             for st in stats.split(","):
-                key = f"L{lv}_{st}" + ("_flip" if flip else "")
-                blocks.append(z[key])
-    return np.concatenate(blocks, 1).astype(np.float64)
+                blocks.append((st, z[f"L{lv}_{st}" + ("_flip" if flip else "")]))
+    return blocks
+
+
+def features(spec: str, names: list[str], flip: bool = False) -> np.ndarray:
+    """[N, D] feature matrix in the order of ``names`` (flip: the flipped view's statistics)."""
+    for part in spec.split("+"):
+        z = cache_file(*part.split(":")[0].split("@"))
+        assert list(z["names"]) == names, "cache rows are not in labels.csv order"
+    return np.concatenate([array for _, array in spec_blocks(spec, flip)], 1).astype(np.float64)
 
 
 def has_flip(spec: str) -> bool:
@@ -198,30 +204,15 @@ def run_mlp(X, y, m, loss="mse", hidden=256, dropout=0.3, wd=0.05, lr=1e-3, epoc
 
 # ---------------------------------------------------------------- rows
 def logstd_columns(spec: str) -> np.ndarray:
-    cols, off = [], 0
-    for part in spec.split("+"):
-        head, levels, stats = part.split(":")
-        z = cache_file(*head.split("@"))
-        for lv in levels:
-            for st in stats.split(","):
-                c = z[f"L{lv}_{st}"].shape[1]
-                if st == "std":
-                    cols.extend(range(off, off + c))
-                off += c
-    return np.array(cols)
+    """Indices of the columns that hold a standard deviation."""
+    widths = [(st, a.shape[1]) for st, a in spec_blocks(spec)]
+    starts = np.cumsum([0] + [w for _, w in widths])
+    return np.array([c for (st, w), s0 in zip(widths, starts) if st == "std" for c in range(s0, s0 + w)])
 
 
 def block_ids(spec: str) -> np.ndarray:
     """Column -> block index (one block per part x level x statistic)."""
-    ids, b = [], 0
-    for part in spec.split("+"):
-        head, levels, stats = part.split(":")
-        z = cache_file(*head.split("@"))
-        for lv in levels:
-            for st in stats.split(","):
-                ids.extend([b] * z[f"L{lv}_{st}"].shape[1])
-                b += 1
-    return np.array(ids)
+    return np.concatenate([np.full(a.shape[1], b) for b, (_, a) in enumerate(spec_blocks(spec))])
 
 
 def block_scale(Xtr, others, ids):
