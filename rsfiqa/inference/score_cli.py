@@ -193,7 +193,8 @@ def scan_paths(paths: Iterable[str], exclude: Sequence[Path] = ()) -> Scan:
         else:
             scan.errors.append(f"{text}: no such file or directory")
     scan.files = list(dict.fromkeys(scan.files))
-    scan.other_files = [p for p in dict.fromkeys(scan.other_files) if p not in set(scan.files)]  # named: scored
+    scored = set(scan.files)
+    scan.other_files = [p for p in dict.fromkeys(scan.other_files) if p not in scored]  # named: scored
     return scan
 
 
