@@ -3,7 +3,7 @@ measured side by side in one run on real photos (``../shared/data/clive-dev``), 
 
 1. ``scoring``: the shipped model (``Scorer.from_pretrained``) over ``--photos`` photos at the
    default batch size, annotation in this process (``workers=0``) and in worker processes
-   (``--workers``, default the scorer's), each run preceded by the bare backbone's forward pass over
+   (``--workers``, default the scorer's), each run preceded by the bare backbones' forward pass over
    as many random images at the model's input size (the physical limit). Text embeddings are
    cleared before every run (each run is a user's first). Printed: photos/s, the ratio scoring /
    bare backbone (target >= 0.5) and the per-stage split (decode, segment, describe, prepare =
@@ -100,14 +100,20 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def bare_backbones(net: Any, images: torch.Tensor) -> None:
+    """The forward pass of every backbone of the net (the statistics path has two)."""
+    for backbone in [net.backbone, *net.extra_backbones]:
+        backbone(images)
+
+
 def backbone_run(scorer: Any, images: int, batch: int) -> dict[str, float]:
-    """Wall and CPU seconds of the bare backbone's forward pass over ``images`` random inputs in batches."""
+    """Wall and CPU seconds of the bare backbones' forward pass over ``images`` random inputs in batches."""
     x = torch.rand(batch, 3, *scorer.image_size)
     with torch.inference_mode():
-        scorer.net.backbone(x[:1])  # warm-up
+        bare_backbones(scorer.net, x[:1])  # warm-up
         t0, c0 = time.perf_counter(), cpu_seconds()
         for start in range(0, images, batch):
-            scorer.net.backbone(x[:min(batch, images - start)])
+            bare_backbones(scorer.net, x[:min(batch, images - start)])
         return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0}
 
 

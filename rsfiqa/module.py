@@ -76,6 +76,8 @@ class RSFIQAModule(LightningModule):
         self.feature_cache = self.text_cache = None
         if feature_cache is not None:
             self.feature_cache = FeatureCache(feature_cache, self.net.backbone, feature_cache_dtype).attach()
+            self.extra_feature_caches = [FeatureCache(feature_cache, backbone, feature_cache_dtype).attach()
+                                         for backbone in self.net.extra_backbones]
             if self.net.text_encoder is not None and net.freeze_text:
                 self.text_cache = TextCache(feature_cache, self.net.text_encoder).attach()
         self.train_metrics = quality_metrics("train/", sync=True)
@@ -89,11 +91,43 @@ class RSFIQAModule(LightningModule):
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        pred = self(batch)
-        loss = F.mse_loss(pred, batch["mos_norm"])  # eq. (11)
+        out = self.net.forward_features(batch["image"], batch["label_map"], batch["region_valid"], batch["texts"])
+        pred, target = out["score"], batch["mos_norm"]
+        trained = out.get("members", pred[:, None])  # the ensemble head: each member gets its own eq. (11)
+        loss = F.mse_loss(trained, target[:, None].expand_as(trained))  # eq. (11)
         self.log("train/loss_step", loss, prog_bar=True, batch_size=len(pred))
-        self.train_metrics.update(pred.detach(), batch["mos_norm"])
+        self.train_metrics.update(pred.detach(), target)
         return loss
+
+    def on_fit_start(self) -> None:
+        """With ``global_stats``: solve the ensemble head's ridge and set its standardisation from
+        the training and validation images (:meth:`~rsfiqa.model.stats.EnsembleHead.fit_closed_form`)
+        before anything is validated or trained; a resumed run solves it again (same images, same result)."""
+        if not self.net.config.global_stats:
+            return
+        if self.trainer.world_size > 1:
+            raise RuntimeError("global_stats=True trains on one device: its closed-form ridge needs every "
+                               "training image in one process")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "plain_train_dataloader"):
+            raise RuntimeError("global_stats=True needs the shard data module (rsfiqa fit --data ...): the ridge "
+                               "is solved on its unaugmented training images")
+        train_x, train_y = self.image_statistics(datamodule.plain_train_dataloader())
+        val_x, val_y = self.image_statistics(datamodule.val_dataloader())
+        fit = self.net.head.fit_closed_form(train_x, train_y, val_x, val_y)
+        self.print(f"ensemble head: ridge on {len(train_x)} training images, penalty {fit['alpha']:.3g} "
+                   f"(validation SRCC {fit['val_srcc']:.4f} on {len(val_x)} images)")
+
+    @torch.no_grad()
+    def image_statistics(self, loader: Any) -> tuple[Tensor, Tensor]:
+        """(statistics [N, D], normalised MOS [N]) of every image a loader yields."""
+        if isinstance(loader, (list, tuple)):
+            raise RuntimeError("global_stats=True needs exactly one validation set")
+        features, targets = [], []
+        for batch in loader:
+            features.append(self.net.image_statistics(batch["image"].to(self.device)))
+            targets.append(batch["mos_norm"].to(self.device))
+        return torch.cat(features), torch.cat(targets)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.val_metrics.update(self(batch), batch["mos_norm"])

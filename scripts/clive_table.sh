@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the CLIVE table of docs/results/clive.md: rows (a)-(d) and (g) (configs/clive/*.yaml on top
-# of configs/cpu.yaml), each trained and tested on splits seed0, seed1, seed2 of clive-dev
+# of configs/cpu_regions.yaml), each trained and tested on splits seed0, seed1, seed2 of clive-dev
 # (70/10/20 train/val/test by image; checkpoint and early stopping on val SRCC), reported as
 # mean ± std (ddof 1) of test PLCC/SRCC.
 #
@@ -29,7 +29,7 @@ fi
 
 ablate() {  # ablate NAME CONFIG...
   local name=$1; shift
-  "$RSFIQA" ablate --base configs/cpu.yaml --configs "$@" --shards "$SHARDS" --splits seed0,seed1,seed2 \
+  "$RSFIQA" ablate --base configs/cpu_regions.yaml --configs "$@" --shards "$SHARDS" --splits seed0,seed1,seed2 \
     --out "$OUT" --name "$name" --model.feature_cache "$CACHE" --trainer.enable_progress_bar false
 }
 

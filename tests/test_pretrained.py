@@ -179,4 +179,4 @@ def test_models_command_lists_the_shipped_model(capsys) -> None:
     assert models_main([]) == 0
     out = capsys.readouterr().out
     assert "clive-offline (default)" in out and "demo photos (never trained on)" in out
-    assert "backbone: efficientnet_lite0;" in out and "backbone: efficientnet_lite2;" in out
+    assert "backbones: efficientnet_lite0 + efficientnet_lite2;" in out

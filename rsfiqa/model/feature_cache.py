@@ -145,7 +145,7 @@ class FeatureCache(DiskCache):
                              "at every optimiser step and cannot be cached")
         if store_dtype not in STORE_DTYPES:
             raise ValueError(f"feature cache store_dtype must be one of {sorted(STORE_DTYPES)}, got {store_dtype!r}")
-        super().__init__(directory, backbone.model, f"{type(backbone.model).__name__}|{backbone.keep}",
+        super().__init__(directory, backbone.model, backbone.cache_identity,
                          store_dtype, STORE_DTYPES[store_dtype])
         self.backbone = backbone
 

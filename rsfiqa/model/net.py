@@ -12,6 +12,10 @@ any        False      False     fusion -> head (label map and texts unused)
 False      ...        ...       :class:`PlainFusion` instead of MHF
 =========  =========  ========  =====================================================================
 
+``global_stats=True`` (the offline configuration, :mod:`.stats`) replaces everything after the
+backbone: the per-level mean and std of every frozen backbone (``backbone`` and ``extra_backbones``)
+go to a ridge + MLP ensemble; it needs ``use_mhf=use_text=use_rsa=False``.
+
 The paper's baseline row is ``use_mhf=use_text=use_rsa=head_self_attn=False``.
 Region validity: with text, a region counts when ``region_valid`` is True and its description is
 non-empty; without text, descriptions are irrelevant and only empty regions (no cell on the grid)
@@ -30,6 +34,7 @@ from .backbone import Backbone
 from .head import QualityHead
 from .mhf import MHF, PlainFusion
 from .rsa import RegionSemanticAttention, check_label_map, pool_region_masks
+from .stats import EnsembleHead, StatisticsBackbone
 from .text import TextEncoder, text_projection
 
 
@@ -75,10 +80,24 @@ class NetConfig:
     pool: str = "mean"
     dropout: float = 0.1
     img_size: int | None = None
+    global_stats: bool = False
+    extra_backbones: tuple[str, ...] = ()
+    ensemble_members: int = 3
 
     def __post_init__(self) -> None:
+        for name in ("out_indices", "extra_backbones"):  # a list from a config file: the same options
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
         if self.rsa_hard_mask and not self.use_rsa:
             raise ValueError("rsa_hard_mask=True needs use_rsa=True")
+        if self.global_stats:
+            region_parts = [name for name in ("use_mhf", "use_text", "use_rsa") if getattr(self, name)]
+            if region_parts or not self.freeze_backbone:
+                raise ValueError(f"global_stats=True needs freeze_backbone=True and use_mhf=use_text=use_rsa=False "
+                                 f"(set: {region_parts + ([] if self.freeze_backbone else ['freeze_backbone=False'])})")
+        elif self.extra_backbones:
+            raise ValueError("extra_backbones need global_stats=True (only the statistics path combines backbones)")
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any], **changes: Any) -> "NetConfig":
@@ -101,6 +120,10 @@ class RSFIQANet(nn.Module):
         super().__init__()
         c = self.config = config
         self.num_regions = c.num_regions
+        if c.global_stats:
+            self.build_statistics_path(c)
+            return
+        self.extra_backbones = nn.ModuleList()
         self.backbone = Backbone(c.backbone, c.pretrained, c.out_indices, c.freeze_backbone, c.img_size)
         channels = self.backbone.channels
         self.fusion = MHF(channels, c.embed_dim, c.num_heads) if c.use_mhf else PlainFusion(channels, c.embed_dim)
@@ -112,6 +135,19 @@ class RSFIQANet(nn.Module):
         self.text_fusion = (TextCrossFusion(c.embed_dim, text_dim, c.num_heads) if c.use_text and not c.use_rsa
                             else None)
         self.head = QualityHead(c.embed_dim, c.head_self_attn, c.pool, c.dropout, c.num_heads)
+
+    def build_statistics_path(self, c: NetConfig) -> None:
+        """``global_stats=True``: frozen statistics backbones and the ensemble head, nothing else."""
+        self.backbone = StatisticsBackbone(c.backbone, c.pretrained, c.out_indices, True, c.img_size)
+        self.extra_backbones = nn.ModuleList(StatisticsBackbone(name, c.pretrained, c.out_indices, True, c.img_size)
+                                             for name in c.extra_backbones)
+        dim = sum(2 * sum(b.channels) for b in [self.backbone, *self.extra_backbones])
+        self.fusion = self.text_encoder = self.rsa = self.text_fusion = None
+        self.head = EnsembleHead(dim, c.ensemble_members, c.embed_dim, c.dropout)
+
+    def image_statistics(self, images: Tensor) -> Tensor:
+        """[B,3,H,W] -> [B, D]: every statistics backbone's level statistics, concatenated."""
+        return torch.cat([s for backbone in [self.backbone, *self.extra_backbones] for s in backbone(images)], dim=-1)
 
     def check_inputs(self, images: Tensor, label_map: Tensor, region_valid: Tensor,
                      texts: Sequence[Sequence[str]]) -> None:
@@ -136,10 +172,13 @@ class RSFIQANet(nn.Module):
 
     def forward_features(self, images: Tensor, label_map: Tensor, region_valid: Tensor,
                          texts: Sequence[Sequence[str]], return_attn: bool = False) -> dict:
-        """{"score": [B], "grid": (Hn, Wn), "rsa_attn": [B,heads,N,N] when ``return_attn``}."""
+        """{"score": [B], "grid": (Hn, Wn), "rsa_attn": [B,heads,N,N] when ``return_attn``}; with
+        ``global_stats`` {"score": [B], "members": [B, members]} instead."""
         if return_attn and self.rsa is None:
             raise ValueError("return_attn needs use_rsa=True")
         self.check_inputs(images, label_map, region_valid, texts)
+        if self.config.global_stats:
+            return self.head(self.image_statistics(images))
         # host-side work first (label check, text cache), so it never waits for queued device work
         if self.rsa is not None:
             check_label_map(label_map, self.num_regions)
@@ -167,7 +206,7 @@ class RSFIQANet(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split for per-part learning rates: backbone, text encoder, the rest."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        backbone = [p for b in [self.backbone, *self.extra_backbones] for p in b.parameters() if p.requires_grad]
         text = [p for p in self.text_encoder.parameters() if p.requires_grad] if self.text_encoder is not None else []
         taken = {id(p) for p in backbone + text}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
