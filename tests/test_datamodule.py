@@ -202,3 +202,18 @@ def test_ddp_plan_gives_every_rank_the_same_batch_count(tmp_path):
     assert per_rank[0] != per_rank[1], "the fixture must be uneven to test anything"
     expected = math.ceil(shard_set.split_count("seed0", "train") / (2 * 3))
     assert counts == [[expected, expected], [expected, expected]]
+
+
+def test_plain_train_loader_reads_every_training_image_once_unflipped(synth_shards):
+    """What the statistics head's closed-form fit reads: the train split, in shard order, no augmentation."""
+    dm = make_dm(synth_shards, hflip=True)
+    dm.setup("fit")
+    plain = list(dm.plain_train_dataloader())
+    keys = [k for batch in plain for k in batch["key"]]
+    assert sorted(keys) == sorted(keys_of(dm.train_dataloader())) and len(keys) == len(set(keys)) == dm.num_train
+    unflipped = make_dm(synth_shards, hflip=False)
+    unflipped.setup("fit")
+    images = {k: x for batch in plain for k, x in zip(batch["key"], batch["image"])}
+    for batch in unflipped.train_dataloader():
+        for key, image in zip(batch["key"], batch["image"]):
+            assert torch.equal(images[key], image), key

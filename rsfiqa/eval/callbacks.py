@@ -79,7 +79,8 @@ class TestReport(Callback):
                                f"{name} (n={row['n']}): PLCC {row['plcc']:.3f}  SRCC {row['srcc']:.3f}",
                                self.out / f"scatter_{name}.png")
             rows.append(row)
-        model = f"RSFIQA ({(pl_module.hparams.get('net') or {}).get('backbone', '?')})"
+        net = pl_module.hparams.get("net") or {}
+        model = f"RSFIQA ({' + '.join([net.get('backbone', '?'), *(net.get('extra_backbones') or ())])})"
         csv_path, md_path = report.write_results(self.out, rows, model, f"checkpoint: `{trainer.ckpt_path}`")
         rank_zero_info(f"wrote {csv_path}, {md_path} and per-dataset predictions/scatter plots")
 

