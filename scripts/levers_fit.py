@@ -157,8 +157,8 @@ def run_mlp(X, y, m, loss="mse", hidden=256, dropout=0.3, wd=0.05, lr=1e-3, epoc
     ytr = torch.tensor((y[tr] - ymu) / ysd, dtype=torch.float32)
     Xtr_t = torch.tensor(Xtr, dtype=torch.float32)
     if Xflip is not None:  # train on both views
-        Xf, _ = preprocess(Xtr_raw, [Xflip[tr]], True)
-        Xtr_t = torch.cat([Xtr_t, torch.tensor(Xf[0], dtype=torch.float32)])
+        _, (Xf,) = preprocess(Xtr_raw, [Xflip[tr]], True)  # the flipped views, standardised like the train set
+        Xtr_t = torch.cat([Xtr_t, torch.tensor(Xf, dtype=torch.float32)])
         ytr = torch.cat([ytr, ytr])
     ev_t = [torch.tensor(e, dtype=torch.float32) for e in ev]
     n_ckpt = epochs // eval_every
@@ -280,7 +280,7 @@ def evaluate(row: dict, names, y, masks) -> dict:
             kw = {k: row[k] for k in ("loss", "hidden", "dropout", "wd", "lr", "epochs", "batch") if k in row}
             pred, info = run_mlp(X, y, m, seeds=tuple(range(row.get("n_seeds", 1))), Xflip=Xf, **kw)
             if head == "ridge+mlp":  # average with the anchor-style ridge on the same features
-                pr, ir = run_ridge(X, y, m, False)
+                pr, ir = run_ridge(X, y, m, False, Xf, row.get("flip_train", False))
                 yt = y[m["test"]]
                 info = {**info, "ridge_alpha": ir["alpha"], "mlp_test_srcc": metrics(pred, yt)[0],
                         "ridge_test_srcc": metrics(pr, yt)[0]}
@@ -342,7 +342,14 @@ ROWS: list[dict] = [
     {"name": "l0 s1.5", "features": "l0@1.5:01234:mean,std"},
     {"name": "l0 s1+s1.5", "features": "l0@1:01234:mean,std+l0@1.5:01234:mean,std"},
     {"name": "l0+l2 + l0 s1.5", "features": "l0@1:01234:mean,std+l2@1:01234:mean,std+l0@1.5:01234:mean,std"},
-    {"name": "l0+l2 mlp mse x3 seeds + ridge, hidden 128", "features": "l0@1:01234:mean,std+l2@1:01234:mean,std",
+    {"name": "anchor flip tta", "features": "l0@1:01234:mean,std", "flip": True},
+    {"name": "anchor flip tta + train", "features": "l0@1:01234:mean,std", "flip": True, "flip_train": True},
+    {"name": "l0+l2 flip tta + train", "features": "l0@1:01234:mean,std+l2@1:01234:mean,std", "flip": True,
+     "flip_train": True},
+    {"name": "l0+l2 mlp mse x3 seeds + ridge hidden 128 flip tta + train",
+     "features": "l0@1:01234:mean,std+l2@1:01234:mean,std", "head": "ridge+mlp", "loss": "mse", "n_seeds": 3,
+     "epochs": 100, "hidden": 128, "flip": True, "flip_train": True},
+    {"name": "l0+l2 mlp mse x3 seeds + ridge hidden 128", "features": "l0@1:01234:mean,std+l2@1:01234:mean,std",
      "head": "ridge+mlp", "loss": "mse", "n_seeds": 3, "epochs": 100, "hidden": 128},
     {"name": "l0+l2 mlp mse+rank x3 seeds + ridge", "features": "l0@1:01234:mean,std+l2@1:01234:mean,std",
      "head": "ridge+mlp", "loss": "mse+rank", "n_seeds": 3, "epochs": 100},
