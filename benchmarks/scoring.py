@@ -102,7 +102,7 @@ def cpu_seconds() -> float:
 
 def bare_backbones(net: Any, images: torch.Tensor) -> None:
     """The forward pass of every backbone of the net (the statistics path has two)."""
-    for backbone in [net.backbone, *net.extra_backbones]:
+    for backbone in net.backbones:
         backbone(images)
 
 

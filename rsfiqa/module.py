@@ -75,9 +75,8 @@ class RSFIQAModule(LightningModule):
         self.net = RSFIQANet(net)
         self.feature_cache = self.text_cache = None
         if feature_cache is not None:
-            self.feature_cache = FeatureCache(feature_cache, self.net.backbone, feature_cache_dtype).attach()
-            self.extra_feature_caches = [FeatureCache(feature_cache, backbone, feature_cache_dtype).attach()
-                                         for backbone in self.net.extra_backbones]
+            self.feature_cache, *self.extra_feature_caches = [
+                FeatureCache(feature_cache, backbone, feature_cache_dtype).attach() for backbone in self.net.backbones]
             if self.net.text_encoder is not None and net.freeze_text:
                 self.text_cache = TextCache(feature_cache, self.net.text_encoder).attach()
         self.train_metrics = quality_metrics("train/", sync=True)

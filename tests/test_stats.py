@@ -54,7 +54,6 @@ def test_ridge_fit_matches_the_normal_equations_and_sets_the_buffers() -> None:
 
 def test_the_penalty_is_chosen_by_validation_srcc() -> None:
     x, y = linear_problem(8, dim=6)
-    _, noise_target = linear_problem(8, seed=3)
     vx, vy = linear_problem(30, seed=1)
     head = EnsembleHead(6)
     chosen = head.fit_closed_form(x, y, vx, vy)

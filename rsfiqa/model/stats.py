@@ -55,7 +55,6 @@ class EnsembleHead(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(dim))
         self.register_buffer("feature_std", torch.ones(dim))
         self.register_buffer("ridge_weight", torch.zeros(dim))
-        self.register_buffer("ridge_bias", torch.zeros(()))
         self.register_buffer("target_mean", torch.zeros(()))
         self.register_buffer("target_std", torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -65,7 +64,7 @@ class EnsembleHead(nn.Module):
 
     def ridge_score(self, x: Tensor) -> Tensor:
         """[B, D] -> [B]: the closed-form ridge prediction."""
-        return (x - self.feature_mean) @ self.ridge_weight + self.ridge_bias
+        return (x - self.feature_mean) @ self.ridge_weight + self.target_mean
 
     def member_scores(self, x: Tensor) -> Tensor:
         """[B, D] -> [B, members]: each MLP's prediction on the MOS scale of the targets."""
@@ -105,7 +104,6 @@ class EnsembleHead(nn.Module):
         self.feature_mean.copy_(mean.to(dtype))
         self.feature_std.copy_(x.std(0, unbiased=False).clamp_min(STD_FLOOR).to(dtype))
         self.ridge_weight.copy_(best[2].to(dtype))
-        self.ridge_bias.fill_(float(y.mean()))
         self.target_mean.fill_(float(y.mean()))
         self.target_std.fill_(float(y.std(unbiased=False).clamp_min(STD_FLOOR)))
         self.fitted.fill_(True)
