@@ -29,19 +29,20 @@ and exit status 2; ``--debug`` shows the traceback (``rsfiqa_core.usererrors``).
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.eval.callbacks import TestReport, TrainingCurves
-from rsfiqa.model.net import NetConfig
+from rsfiqa.model import registry
 from rsfiqa.module import RSFIQAModule
 from rsfiqa.predictions import PredictionWriter
 from rsfiqa_core.contract import ContractError
@@ -138,16 +139,20 @@ class RSFIQACLI(LightningCLI):
         })
 
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` (readable; on ``fit``, the configured network) before Lightning merges the
-        checkpoint's hyperparameters into the config."""
+        """Check ``--ckpt_path`` (readable; on ``fit``, the configured network), then merge the
+        checkpoint's hyperparameters into the config as Lightning does, in the current layout
+        (:func:`checkpoint_model_options`: checkpoints of earlier versions load too)."""
         command = self.config.get("subcommand")
         ckpt_path = self.config[command].get("ckpt_path") if command else None
-        if ckpt_path:
-            hparams = read_checkpoint_file(ckpt_path).get("hyper_parameters", {})
-            config = self.config[command]
-            if command == "fit" and not config.get(TAKE_CHECKPOINT_NETWORK):
-                check_resume_network(config.model.net, hparams, ckpt_path)
-        super()._parse_ckpt_path()
+        if not ckpt_path:
+            return
+        hparams = read_checkpoint_file(ckpt_path).get("hyper_parameters", {})
+        config = self.config[command]
+        if command == "fit" and not config.get(TAKE_CHECKPOINT_NETWORK):
+            check_resume_network(config.model.net, hparams, ckpt_path)
+        if hparams:
+            self.config = self.parser.parse_object({command: {"model": checkpoint_model_options(hparams)}},
+                                                   self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -159,17 +164,22 @@ class RSFIQACLI(LightningCLI):
             use_one_device(config.trainer)
 
 
+def checkpoint_model_options(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``hyper_parameters`` as ``model`` options of this version: the module's own
+    arguments, and ``net`` with every :class:`~rsfiqa.model.registry.NetOptions` key (unset: None)."""
+    arguments = set(inspect.signature(RSFIQAModule.__init__).parameters) - {"self", "net"}
+    return {**{k: v for k, v in hparams.items() if k in arguments},
+            "net": registry.options_record(registry.config_from_hparams(hparams))}
+
+
 def network_differences(configured: Any, hparams: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``model.net`` keys whose configured value differs from the checkpoint's: key -> (config, checkpoint)."""
-    stored = NetConfig.from_hparams(hparams) if hparams else NetConfig()
-    differ = {}
-    for f in fields(NetConfig):
-        if f.name in NOT_COMPARED_ON_RESUME:
-            continue
-        mine, theirs = getattr(configured, f.name, f.default), getattr(stored, f.name)
-        if _plain(mine) != _plain(theirs):
-            differ[f.name] = (mine, theirs)
-    return differ
+    if isinstance(configured, Namespace):
+        configured = configured.as_dict()
+    mine = registry.config_record(registry.as_config(configured))
+    theirs = registry.config_record(registry.config_from_hparams(hparams) if hparams else registry.as_config({}))
+    return {key: (mine.get(key), theirs.get(key)) for key in sorted(set(mine) | set(theirs))
+            if key not in NOT_COMPARED_ON_RESUME and _plain(mine.get(key)) != _plain(theirs.get(key))}
 
 
 def _plain(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The RSFIQA LightningModule: training, evaluation and prediction around :class:`RSFIQANet`.
+"""The RSFIQA LightningModule: training, evaluation and prediction around a registered network
+(:mod:`rsfiqa.model.registry`: :class:`RSFIQANet`, or the statistics model).
 
 Loss: eq. (11), MSE between the predicted and the normalised MOS. Metrics (paper "Metrics", plus
 KRCC and RMSE): PLCC (eq. 12), SRCC, KRCC and RMSE on the normalised scale, from torchmetrics,
@@ -13,7 +14,6 @@ training metrics cover disjoint samples and are synchronised.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -24,7 +24,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from rsfiqa.model.feature_cache import FeatureCache, TextCache
-from rsfiqa.model.net import NetConfig, RSFIQANet
+from rsfiqa.model import registry
+from rsfiqa.model.registry import NetOptions
 from rsfiqa_core import contract
 
 METRIC_NAMES = ("plcc", "srcc", "krcc", "rmse")
@@ -39,11 +40,13 @@ def quality_metrics(prefix: str, sync: bool) -> MetricCollection:
 
 
 class RSFIQAModule(LightningModule):
-    """RSFIQANet plus loss, metrics and optimiser.
+    """A registered network plus loss, metrics and optimiser; it asks the network's config what it
+    needs (a closed-form step, a text cache), never its options.
 
     Args:
-        net: the network's options (:class:`~rsfiqa.model.net.NetConfig`; a mapping of them is accepted,
-            as checkpoints store it under ``hyper_parameters["net"]``).
+        net: the network: ``arch`` and its options (:class:`~rsfiqa.model.registry.NetOptions`, an
+            architecture's config, or a mapping of them as checkpoints store it under
+            ``hyper_parameters["net"]``).
         lr: AdamW learning rate (paper: 3e-5); the fusion/RSA/head parameters always use it.
         weight_decay: AdamW weight decay (paper: 1e-5).
         t_max: cosine annealing period in epochs (paper: 50).
@@ -58,7 +61,7 @@ class RSFIQAModule(LightningModule):
 
     def __init__(
         self,
-        net: NetConfig = NetConfig(),
+        net: NetOptions = NetOptions(),
         lr: float = 3e-5,
         weight_decay: float = 1e-5,
         t_max: int = 50,
@@ -69,15 +72,15 @@ class RSFIQAModule(LightningModule):
         feature_cache_dtype: str = "float16",
     ):
         super().__init__()
-        net = net if isinstance(net, NetConfig) else NetConfig(**net)
+        config = registry.as_config(net)
         self.save_hyperparameters(ignore=["net"])
-        self.hparams["net"] = asdict(net)  # plain data: checkpoints load with weights_only=True
-        self.net = RSFIQANet(net)
+        self.hparams["net"] = registry.config_record(config)  # plain data: checkpoints load with weights_only=True
+        self.net = registry.build_net(config)
         self.feature_cache = self.text_cache = None
         if feature_cache is not None:
             self.feature_cache, *self.extra_feature_caches = [
                 FeatureCache(feature_cache, backbone, feature_cache_dtype).attach() for backbone in self.net.backbones]
-            if self.net.text_encoder is not None and net.freeze_text:
+            if "text_encoder" in config.frozen_parts():
                 self.text_cache = TextCache(feature_cache, self.net.text_encoder).attach()
         self.train_metrics = quality_metrics("train/", sync=True)
         self.val_metrics = quality_metrics("val/", sync=False)
@@ -99,21 +102,23 @@ class RSFIQAModule(LightningModule):
         return loss
 
     def on_fit_start(self) -> None:
-        """With ``global_stats``: solve the ensemble head's ridge and set its standardisation from
-        the training and validation images (:meth:`~rsfiqa.model.stats.EnsembleHead.fit_closed_form`)
-        before anything is validated or trained; a resumed run solves it again (same images, same result)."""
-        if not self.net.config.global_stats:
+        """For a network with a closed-form step (``arch: stats``: the ensemble head's ridge and
+        standardisation, :meth:`~rsfiqa.model.stats.StatsNet.fit_closed_form`): solve it from the
+        training and validation images before anything is validated or trained; a resumed run
+        solves it again (same images, same result)."""
+        if not self.net.config.closed_form:
             return
+        arch = f"arch {self.net.config.arch!r}"
         if self.trainer.world_size > 1:
-            raise RuntimeError("global_stats=True trains on one device: its closed-form ridge needs every "
-                               "training image in one process")
+            raise RuntimeError(f"{arch} trains on one device: its closed-form step needs every training image "
+                               f"in one process")
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "plain_train_dataloader"):
-            raise RuntimeError("global_stats=True needs the shard data module (rsfiqa fit --data ...): the ridge "
-                               "is solved on its unaugmented training images")
+            raise RuntimeError(f"{arch} needs the shard data module (rsfiqa fit --data ...): its closed-form step "
+                               f"is solved on the unaugmented training images")
         train_x, train_y = self.image_statistics(datamodule.plain_train_dataloader())
         val_x, val_y = self.image_statistics(datamodule.val_dataloader())
-        fit = self.net.head.fit_closed_form(train_x, train_y, val_x, val_y)
+        fit = self.net.fit_closed_form(train_x, train_y, val_x, val_y)
         self.print(f"ensemble head: ridge on {len(train_x)} training images, penalty {fit['alpha']:.3g} "
                    f"(validation SRCC {fit['val_srcc']:.4f} on {len(val_x)} images)")
 
@@ -121,7 +126,7 @@ class RSFIQAModule(LightningModule):
     def image_statistics(self, loader: Any) -> tuple[Tensor, Tensor]:
         """(statistics [N, D], normalised MOS [N]) of every image a loader yields."""
         if isinstance(loader, (list, tuple)):
-            raise RuntimeError("global_stats=True needs exactly one validation set")
+            raise RuntimeError(f"arch {self.net.config.arch!r} needs exactly one validation set for its closed-form step")
         features, targets = [], []
         for batch in loader:
             features.append(self.net.image_statistics(batch["image"].to(self.device)))

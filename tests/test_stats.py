@@ -13,13 +13,12 @@ from rsfiqa import cli
 from rsfiqa.inference import pretrained
 from rsfiqa.model.backbone import Backbone
 from rsfiqa.model.feature_cache import FeatureCache
-from rsfiqa.model.net import NetConfig, RSFIQANet
-from rsfiqa.model.stats import RIDGE_ALPHAS, EnsembleHead, StatisticsBackbone, map_statistics
+from rsfiqa.model import registry
+from rsfiqa.model.stats import RIDGE_ALPHAS, EnsembleHead, StatisticsBackbone, StatsNet, map_statistics
 from rsfiqa.module import RSFIQAModule
 
-STATS = {"backbone": "test_efficientnet", "extra_backbones": ("resnet18",), "pretrained": None,
-         "out_indices": (1, 2), "global_stats": True, "freeze_backbone": True, "use_mhf": False,
-         "use_text": False, "use_rsa": False, "embed_dim": 16, "ensemble_members": 2, "num_regions": 3}
+STATS = {"arch": "stats", "backbone": "test_efficientnet", "extra_backbones": ("resnet18",), "pretrained": None,
+         "out_indices": (1, 2), "embed_dim": 16, "ensemble_members": 2, "num_regions": 3}
 
 
 def linear_problem(n: int, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,17 +78,26 @@ def test_score_is_the_mean_of_ridge_and_members_and_an_unfitted_head_refuses() -
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"use_rsa": True}, "use_mhf=use_text=use_rsa=False"),
-    ({"freeze_backbone": False}, "freeze_backbone=True"),
-    ({"global_stats": False, "use_rsa": True, "use_text": True}, "extra_backbones need global_stats=True"),
+    ({"use_rsa": True}, "use_rsa is not an option of arch 'stats'"),
+    ({"freeze_backbone": False, "pool": "mean"}, "freeze_backbone, pool are not options of arch 'stats'"),
+    ({"arch": "rsfiqa"}, "ensemble_members, extra_backbones are not options of arch 'rsfiqa'"),
+    ({"arch": "statz"}, "not a registered architecture"),
 ])
-def test_inconsistent_options_are_refused(change: dict, message: str) -> None:
+def test_options_of_another_architecture_are_refused(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        NetConfig(**{**STATS, **change})
+        registry.as_config({**STATS, **change})
+
+
+def test_the_statistics_model_reads_the_image_only_and_has_a_closed_form_step() -> None:
+    config = registry.as_config(STATS)
+    assert config.consumes == frozenset() and config.closed_form
+    assert config.frozen_parts() == ["backbone", "extra_backbones"]
+    assert config.backbone_names == ("test_efficientnet", "resnet18")
 
 
 def test_net_concatenates_every_backbones_statistics() -> None:
-    net = RSFIQANet(NetConfig(**STATS)).eval()
+    net = registry.build_net(STATS).eval()
+    assert isinstance(net, StatsNet)
     images = torch.randn(2, 3, 64, 64)
     stats = net.image_statistics(images)
     widths = [2 * sum(b.channels) for b in (net.backbone, *net.extra_backbones)]
@@ -116,7 +124,7 @@ def test_statistics_have_their_own_cache_namespace(tmp_path: Path) -> None:
 
 def test_shipped_file_of_a_two_backbone_model_rebuilds_it(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = RSFIQANet(NetConfig(**STATS)).eval()
+    net = registry.build_net(STATS).eval()
     x = net.image_statistics(torch.randn(12, 3, 48, 48))
     net.head.fit_closed_form(x, torch.rand(12), x[:6], torch.rand(6))
     data = {"train_datasets": ["x"], "datasets": {"x": {"mos_range": [0, 1], "higher_better": True}}}
@@ -163,7 +171,7 @@ def test_fit_solves_the_ridge_before_training_and_the_checkpoint_keeps_it(tmp_pa
 
 def test_each_member_is_trained_on_its_own_error() -> None:
     """Eq. (11) per member (independent members), not on the ensemble's mean prediction."""
-    module = RSFIQAModule(net=NetConfig(**STATS))
+    module = RSFIQAModule(net=STATS)
     images = torch.randn(4, 3, 48, 48)
     x = module.net.image_statistics(images)
     module.net.head.fit_closed_form(x, torch.rand(4), x, torch.rand(4))

@@ -16,7 +16,6 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from rsfiqa.eval import plots, report
-from rsfiqa.model.net import NetConfig
 
 CURVES_PNG = "curves.png"
 
@@ -80,7 +79,8 @@ class TestReport(Callback):
                                f"{name} (n={row['n']}): PLCC {row['plcc']:.3f}  SRCC {row['srcc']:.3f}",
                                self.out / f"scatter_{name}.png")
             rows.append(row)
-        model = f"RSFIQA ({' + '.join(NetConfig.from_hparams(pl_module.hparams).backbone_names)})"
+        config = pl_module.net.config
+        model = f"RSFIQA, arch {config.arch} ({' + '.join(config.backbone_names)})"
         csv_path, md_path = report.write_results(self.out, rows, model, f"checkpoint: `{trainer.ckpt_path}`")
         rank_zero_info(f"wrote {csv_path}, {md_path} and per-dataset predictions/scatter plots")
 

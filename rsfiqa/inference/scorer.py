@@ -1,5 +1,5 @@
 """Score any image end to end with a trained checkpoint: load -> segment (paper eq. 5) ->
-describe -> RSFIQANet (eqs. 1-10) -> a score on the training dataset's MOS scale.
+describe -> the network (RSFIQANet: eqs. 1-10) -> a score on the training dataset's MOS scale.
 
 What the checkpoint records and scoring uses
     ``hyper_parameters``  the network (``net``: backbone, L, text encoder ...; checkpoints of
@@ -26,7 +26,12 @@ contract's region entries (index, valid, area, seg_score, content, levels, score
 
 Annotators. ``annotate.api.Annotator.from_record`` rebuilds the segmenter and describer from the
 configs the shards recorded (with the user's overrides) and annotates each batch; every
-difference from the recorded configs is logged as a warning.
+difference from the recorded configs is logged as a warning. Scoring pays only for what it uses:
+the annotator is built and run only when the network reads regions or region texts (its config's
+``consumes``) or the caller asks for regions (``regions=True``: the records' region entries, a
+report's overlays, heatmaps). Otherwise the network gets the image alone (an empty label map, no
+valid region, empty texts), each record's ``regions`` is ``None`` (not annotated) and annotator
+overrides are refused (they would change nothing).
 
 Speed and memory. With ``workers`` >= 1 (default: the CPU cores but one) CPU annotators run in
 worker processes (:mod:`annotate.parallel`, same results as in-process): batch k+1 is decoded and
@@ -56,7 +61,8 @@ from annotate.parallel import AnnotatorPool, PendingAnnotation, available_cores,
 from rsfiqa.data import transforms
 from rsfiqa.inference import pretrained
 from rsfiqa.data.sample import model_input
-from rsfiqa.model.net import NetConfig, RSFIQANet
+from rsfiqa.model import registry
+from rsfiqa.model.registry import ArchConfig, QualityNet
 from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.model.text import FROM_CHECKPOINT
 from rsfiqa_core import contract
@@ -98,9 +104,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def build_net(ckpt: Mapping[str, Any], device: torch.device, where: str = "checkpoint") -> RSFIQANet:
-    """RSFIQANet from the checkpoint's hyperparameters, every weight loaded from the checkpoint."""
-    net = RSFIQANet(NetConfig.from_hparams(ckpt["hyper_parameters"], pretrained=None, text_pretrained=FROM_CHECKPOINT))
+def checkpoint_config(ckpt: Mapping[str, Any]) -> ArchConfig:
+    """The network's config from the checkpoint's hyperparameters, set to take every weight from it."""
+    return registry.config_from_hparams(ckpt["hyper_parameters"], pretrained=None, text_pretrained=FROM_CHECKPOINT)
+
+
+def build_net(ckpt: Mapping[str, Any], device: torch.device, where: str = "checkpoint") -> QualityNet:
+    """The network of the checkpoint's hyperparameters, every weight loaded from the checkpoint."""
+    net = registry.build_net(checkpoint_config(ckpt))
     prefix = "net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
@@ -232,14 +243,15 @@ class _Annotated:
     index: int
     name: str
     rgb: np.ndarray
-    annotation: Annotation
+    annotation: Annotation | None  # None: not annotated (the network reads the image only)
 
 
 # --------------------------------------------------------------------------- the scorer
 class Scorer:
-    """Segmenter + describer + trained RSFIQANet, ready to score images (see the module docstring)."""
+    """Segmenter + describer (when needed) + a trained network, ready to score images (see the
+    module docstring); ``annotator`` None: images are not annotated."""
 
-    def __init__(self, net: RSFIQANet, data: Mapping[str, Any], annotator: Annotator, device: torch.device,
+    def __init__(self, net: QualityNet, data: Mapping[str, Any], annotator: Annotator | None, device: torch.device,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE,
                  workers: int = DEFAULT_WORKERS) -> None:
         self.net = net.eval()
@@ -257,48 +269,68 @@ class Scorer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         segmenter_override: Mapping[str, Any] | Sequence[str] | None = None,
-                        describer_override: Mapping[str, Any] | Sequence[str] | None = None) -> "Scorer":
+                        describer_override: Mapping[str, Any] | Sequence[str] | None = None,
+                        regions: bool = False) -> "Scorer":
         """Model, annotators and settings as the checkpoint records them (module docstring).
 
         Overrides are mappings (``{"name": "classical"}``) or ``"key=value"`` strings merged into
-        the recorded segmenter/describer configs. Raises :class:`ScoringSetupError` naming what
-        is missing and the override that fixes it.
+        the recorded segmenter/describer configs. ``regions``: annotate even when the network does
+        not read regions (the records' region entries, overlays). Raises :class:`ScoringSetupError`
+        naming what is missing and the override that fixes it.
         """
         device = scoring_device(device)
         ckpt = read_checkpoint(path)
-        return cls.assemble(lambda: build_net(ckpt, device, str(path)), ckpt["rsfiqa_data"], device,
-                            segmenter_override, describer_override)
+        return cls.assemble(checkpoint_config(ckpt), lambda: build_net(ckpt, device, str(path)), ckpt["rsfiqa_data"],
+                            device, segmenter_override, describer_override, regions)
 
     @classmethod
     def from_pretrained(cls, name: str = pretrained.DEFAULT_MODEL, device: str | torch.device = "cpu",
                         segmenter_override: Mapping[str, Any] | Sequence[str] | None = None,
-                        describer_override: Mapping[str, Any] | Sequence[str] | None = None) -> "Scorer":
-        """A registered shipped model (``rsfiqa models`` lists them): no training, no download."""
+                        describer_override: Mapping[str, Any] | Sequence[str] | None = None,
+                        regions: bool = False) -> "Scorer":
+        """A registered shipped model (``rsfiqa models`` lists them): no training, no download;
+        ``regions`` as in :meth:`from_checkpoint`."""
         return cls.from_model_file(pretrained.model_entry(name).path, device, segmenter_override,
-                                   describer_override, name=name)
+                                   describer_override, name=name, regions=regions)
 
     @classmethod
     def from_model_file(cls, path: str | Path, device: str | torch.device = "cpu",
                         segmenter_override: Mapping[str, Any] | Sequence[str] | None = None,
                         describer_override: Mapping[str, Any] | Sequence[str] | None = None,
-                        name: str | None = None) -> "Scorer":
+                        name: str | None = None, regions: bool = False) -> "Scorer":
         """A model file written by ``make model`` (:mod:`rsfiqa.inference.pretrained`)."""
         device = scoring_device(device)
         content = pretrained.read_model_file(path, name)
         where = f"model {name!r} ({path})" if name else str(path)
-        scorer = cls.assemble(lambda: pretrained.build_net(content, device, where), content["rsfiqa_data"], device,
-                              segmenter_override, describer_override)
+        scorer = cls.assemble(registry.config_from_hparams(content["hyper_parameters"]),
+                              lambda: pretrained.build_net(content, device, where), content["rsfiqa_data"], device,
+                              segmenter_override, describer_override, regions)
         scorer.card = dict(content["card"])
         return scorer
 
     @classmethod
-    def assemble(cls, net: Callable[[], RSFIQANet], data: Mapping[str, Any], device: torch.device,
-                 segmenter_override: Mapping[str, Any] | Sequence[str] | None,
-                 describer_override: Mapping[str, Any] | Sequence[str] | None) -> "Scorer":
-        """The annotator recorded in ``data`` (with overrides) first, then the network ``net()`` builds."""
+    def assemble(cls, config: ArchConfig, net: Callable[[], QualityNet], data: Mapping[str, Any],
+                 device: torch.device, segmenter_override: Mapping[str, Any] | Sequence[str] | None,
+                 describer_override: Mapping[str, Any] | Sequence[str] | None, regions: bool = False) -> "Scorer":
+        """The annotator recorded in ``data`` (with overrides) first, when the network of ``config``
+        reads regions or texts or ``regions`` asks for them, then the network ``net()`` builds."""
         record = recorded_annotator(data, mos_scale(data).dataset)
-        num_regions = int(data["num_regions"])
+        max_pixels = (record.get("image") or {}).get("max_pixels", DEFAULT_MAX_PIXELS)
         overrides = {"segmenter": parse_overrides(segmenter_override), "describer": parse_overrides(describer_override)}
+        if config.consumes or regions:
+            return cls(net(), data, cls.recorded_annotator(record, overrides, data, device), device, max_pixels)
+        given = [f"--{kind}-override" for kind, values in overrides.items() if values]
+        if given:
+            raise ScoringSetupError(f"{' and '.join(given)} would change nothing: this model (arch {config.arch}) "
+                                    f"reads the image only and scoring does not annotate; add --regions "
+                                    f"(Python: regions=True) to annotate")
+        return cls(net(), data, None, device, max_pixels)
+
+    @staticmethod
+    def recorded_annotator(record: Mapping[str, Any], overrides: Mapping[str, Any], data: Mapping[str, Any],
+                           device: torch.device) -> Annotator:
+        """The annotator of ``record`` with the user's overrides, checked against the model's L."""
+        num_regions = int(data["num_regions"])
         try:
             annotator = Annotator.from_record(record, overrides, {"segmenter": {"num_regions": num_regions}}, device)
         except AnnotatorSetupError as err:
@@ -307,14 +339,20 @@ class Scorer:
         if annotator.segmenter.num_regions != num_regions:
             raise ScoringSetupError(f"segmenter num_regions={annotator.segmenter.num_regions} but the model was "
                                     f"trained with L={num_regions} regions")
-        return cls(net(), data, annotator, device, (record.get("image") or {}).get("max_pixels", DEFAULT_MAX_PIXELS))
+        return annotator
+
+    @property
+    def annotates(self) -> bool:
+        """Whether images are segmented and described (records then carry their regions)."""
+        return self.annotator is not None
 
     # ---------------------------------------------------------------- public API
     def score(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,
               progress: bool = False) -> list[dict[str, Any]]:
         """One plain record per input, in order: ``{"image", "score", "score_norm", "scale_dataset",
-        "regions", "error"}``; an input that cannot be read or annotated gets ``score: None`` and its
-        reason in ``error`` instead of stopping the batch. A single input may be passed bare."""
+        "regions", "error"}`` (``regions`` None when the scorer does not annotate); an input that cannot be
+        read or annotated gets ``score: None`` and its reason in ``error`` instead of stopping the
+        batch. A single input may be passed bare."""
         return [s.record for s in self.iter_scored(images, batch_size, progress)]
 
     def iter_scored(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE,
@@ -348,15 +386,16 @@ class Scorer:
         """``workers`` annotation processes (:mod:`annotate.parallel`), or ``None``: annotate in this
         process (``workers`` 0, a single image: nothing to overlap, or components that are not
         :func:`~annotate.parallel.parallel_safe`: SAM, the MLLM describers batch on their device)."""
-        if self.workers < 1 or images < 2 or not parallel_safe(self.annotator):
+        if self.annotator is None or self.workers < 1 or images < 2 or not parallel_safe(self.annotator):
             return nullcontext(None)
         return AnnotatorPool(self.annotator, self.workers)
 
     @torch.inference_mode()
     def token_grid(self) -> tuple[int, int]:
         """(Hn, Wn): the RSA token grid of this model's input size; an error without RSA."""
-        if self.net.rsa is None:
-            raise ScoringSetupError("attention maps need a model with RSA (this checkpoint has use_rsa=False)")
+        if getattr(self.net, "rsa", None) is None:
+            raise ScoringSetupError(f"attention maps need a model with RSA (this one is arch {self.net.config.arch}"
+                                    f"{', use_rsa=False' if hasattr(self.net, 'rsa') else ''})")
         probe = torch.zeros(1, 3, *self.image_size, device=self.device)
         return tuple(self.net.backbone(probe)[-1].shape[-2:])
 
@@ -392,11 +431,14 @@ class Scorer:
         """Annotate (or collect the workers' annotations of) a decoded batch, then score it."""
         results = dict(loaded.errors)
         rgbs = [rgb for _, _, rgb in loaded.images]
-        outcomes = (loaded.pending.result(self.times) if loaded.pending is not None
-                    else self.annotator.annotate(rgbs, self.times))
+        if self.annotator is None:
+            outcomes = [None] * len(rgbs)
+        else:
+            outcomes = (loaded.pending.result(self.times) if loaded.pending is not None
+                        else self.annotator.annotate(rgbs, self.times))
         annotated = []
         for (index, name, rgb), outcome in zip(loaded.images, outcomes):
-            if isinstance(outcome, Annotation):
+            if outcome is None or isinstance(outcome, Annotation):
                 annotated.append(_Annotated(index, name, rgb, outcome))
             else:
                 reason = f"{name}: annotation failed ({type(outcome.error).__name__}: {outcome.error})"
@@ -406,21 +448,27 @@ class Scorer:
                 results[item.index] = scored
         return [results[index] for index, _ in loaded.batch]
 
-    def model_input(self, rgb: np.ndarray, label_map: np.ndarray,
-                    regions: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """(image [3,H,W], label map [H,W], region_valid [L], texts) as evaluation reads them."""
-        return model_input(rgb, label_map, regions, self.image_size, self.data["resize_interpolation"],
-                           self.data["text_parts"], self.data["text_dims"])
+    def model_input(self, rgb: np.ndarray, annotation: Annotation | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """(image [3,H,W], label map [H,W], region_valid [L], texts) as evaluation reads them; without
+        an annotation, an all-background label map, no valid region and empty texts."""
+        if annotation is not None:
+            return model_input(rgb, annotation.label_map, annotation.regions, self.image_size,
+                               self.data["resize_interpolation"], self.data["text_parts"], self.data["text_dims"])
+        num_regions = self.net.num_regions
+        background = np.full(rgb.shape[:2], num_regions - 1, dtype=np.int32)
+        image, labels, _, _ = model_input(rgb, background, [], self.image_size, self.data["resize_interpolation"],
+                                          self.data["text_parts"], self.data["text_dims"])
+        return image, labels, torch.zeros(num_regions, dtype=torch.bool), [""] * num_regions
 
     @torch.inference_mode()
     def _predict(self, items: list[_Annotated], attn_token: tuple[int, int] | None,
                  keep_arrays: bool) -> list[Scored]:
         with self.times.stage("prepare", len(items)):
-            inputs = [self.model_input(item.rgb, item.annotation.label_map, item.annotation.regions) for item in items]
+            inputs = [self.model_input(item.rgb, item.annotation) for item in items]
             images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
             texts = [x[3] for x in inputs]
-        encoder = self.net.text_encoder
-        if encoder is not None and encoder.frozen:  # encoded here once into its cache, looked up below
+        if "text_encoder" in self.net.config.frozen_parts():  # encoded here once into its cache, looked up below
             with self.times.stage("text", len(items)):
                 self.net.encode_region_texts(texts, valid)
         with self.times.stage("network", len(items)):
@@ -429,17 +477,18 @@ class Scorer:
         attention = None if attn_token is None else token_attention(out["rsa_attn"], out["grid"], attn_token)
         scored = []
         for i, (item, score_norm) in enumerate(zip(items, scores)):
-            regions = [{**r, "text": t} for r, t in zip(item.annotation.regions, texts[i])]
+            regions = (None if item.annotation is None
+                       else [{**r, "text": t} for r, t in zip(item.annotation.regions, texts[i])])
             record = {"image": item.name, "score": self.scale.to_mos(score_norm), "score_norm": score_norm,
                       "scale_dataset": self.scale.dataset, "regions": regions, "error": None}
             scored.append(Scored(record, item.rgb if keep_arrays else None,
-                                 item.annotation.label_map if keep_arrays else None,
+                                 item.annotation.label_map if keep_arrays and item.annotation is not None else None,
                                  None if attention is None else attention[i]))
         return scored
 
     def error_record(self, name: str, error: str) -> dict[str, Any]:
         return {"image": name, "score": None, "score_norm": None, "scale_dataset": self.scale.dataset,
-                "regions": [], "error": error}
+                "regions": [] if self.annotates else None, "error": error}
 
 
 def check_token(token: tuple[int, int], grid: tuple[int, int]) -> None:

@@ -12,9 +12,8 @@ any        False      False     fusion -> head (label map and texts unused)
 False      ...        ...       :class:`PlainFusion` instead of MHF
 =========  =========  ========  =====================================================================
 
-``global_stats=True`` (the offline configuration, :mod:`.stats`) replaces everything after the
-backbone: the per-level mean and std of every frozen backbone (``backbone`` and ``extra_backbones``)
-go to a ridge + MLP ensemble; it needs ``use_mhf=use_text=use_rsa=False``.
+Registered as architecture ``rsfiqa`` (:mod:`.registry`); the offline configuration's statistics
+model is another architecture (``stats``, :mod:`.stats`).
 
 The paper's baseline row is ``use_mhf=use_text=use_rsa=head_self_attn=False``.
 Region validity: with text, a region counts when ``region_valid`` is True and its description is
@@ -24,7 +23,7 @@ are left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +33,6 @@ from .backbone import Backbone
 from .head import QualityHead
 from .mhf import MHF, PlainFusion
 from .rsa import RegionSemanticAttention, check_label_map, pool_region_masks
-from .stats import EnsembleHead, StatisticsBackbone
 from .text import TextEncoder, text_projection
 
 
@@ -55,11 +53,18 @@ class TextCrossFusion(nn.Module):
         return tokens + update * any_valid[:, None, None].to(update.dtype)
 
 
+def check_images(images: Tensor) -> None:
+    """A clear error unless ``images`` is [B,3,H,W]."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """Every option of :class:`RSFIQANet` (README, "Options where the paper is silent"): the one
-    place a model switch is declared; configs set it under ``model.net``."""
+    place a model switch is declared; configs set it under ``model.net`` (``arch: rsfiqa``)."""
 
+    arch: ClassVar[str] = "rsfiqa"
     backbone: str = "efficientnet_lite0"
     pretrained: bool | str | None = None
     num_regions: int = 5
@@ -80,37 +85,31 @@ class NetConfig:
     pool: str = "mean"
     dropout: float = 0.1
     img_size: int | None = None
-    global_stats: bool = False
-    extra_backbones: tuple[str, ...] = ()
-    ensemble_members: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("out_indices", "extra_backbones"):  # a list from a config file: the same options
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+        if self.out_indices is not None:  # a list from a config file: the same option
+            object.__setattr__(self, "out_indices", tuple(self.out_indices))
         if self.rsa_hard_mask and not self.use_rsa:
             raise ValueError("rsa_hard_mask=True needs use_rsa=True")
-        if self.global_stats:
-            region_parts = [name for name in ("use_mhf", "use_text", "use_rsa") if getattr(self, name)]
-            if region_parts or not self.freeze_backbone:
-                raise ValueError(f"global_stats=True needs freeze_backbone=True and use_mhf=use_text=use_rsa=False "
-                                 f"(set: {region_parts + ([] if self.freeze_backbone else ['freeze_backbone=False'])})")
-        elif self.extra_backbones:
-            raise ValueError("extra_backbones need global_stats=True (only the statistics path combines backbones)")
 
     @property
     def backbone_names(self) -> tuple[str, ...]:
-        """``backbone`` followed by ``extra_backbones``."""
-        return (self.backbone, *self.extra_backbones)
+        return (self.backbone,)
 
-    @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any], **changes: Any) -> "NetConfig":
-        """The options in a checkpoint's ``hyper_parameters``: ``hparams["net"]``, or flat in
-        checkpoints written before NetConfig; ``changes`` replace some of them."""
-        options = hparams["net"] if "net" in hparams else {k: hparams[k] for k in cls.__dataclass_fields__
-                                                             if k in hparams}
-        return cls(**{**options, **changes})
+    @property
+    def consumes(self) -> frozenset[str]:
+        """What the network reads beside the image: ``regions`` (the label map, RSA) and ``texts``."""
+        return frozenset(name for name, used in (("regions", self.use_rsa), ("texts", self.use_text)) if used)
+
+    @property
+    def closed_form(self) -> bool:
+        """No step solved before training: every trained weight comes from the loop."""
+        return False
+
+    def frozen_parts(self) -> list[str]:
+        """Parts of the net that are frozen and present (a shipped file takes their weights from packages)."""
+        flags = {"backbone": self.freeze_backbone, "text_encoder": self.freeze_text and self.use_text}
+        return [part for part, frozen in flags.items() if frozen]
 
 
 class RSFIQANet(nn.Module):
@@ -125,10 +124,6 @@ class RSFIQANet(nn.Module):
         super().__init__()
         c = self.config = config
         self.num_regions = c.num_regions
-        if c.global_stats:
-            self.build_statistics_path(c)
-            return
-        self.extra_backbones = nn.ModuleList()
         self.backbone = Backbone(c.backbone, c.pretrained, c.out_indices, c.freeze_backbone, c.img_size)
         channels = self.backbone.channels
         self.fusion = MHF(channels, c.embed_dim, c.num_heads) if c.use_mhf else PlainFusion(channels, c.embed_dim)
@@ -141,30 +136,15 @@ class RSFIQANet(nn.Module):
                             else None)
         self.head = QualityHead(c.embed_dim, c.head_self_attn, c.pool, c.dropout, c.num_heads)
 
-    def build_statistics_path(self, c: NetConfig) -> None:
-        """``global_stats=True``: frozen statistics backbones and the ensemble head, nothing else."""
-        self.backbone = StatisticsBackbone(c.backbone, c.pretrained, c.out_indices, True, c.img_size)
-        self.extra_backbones = nn.ModuleList(StatisticsBackbone(name, c.pretrained, c.out_indices, True, c.img_size)
-                                             for name in c.extra_backbones)
-        dim = sum(2 * sum(b.channels) for b in self.backbones)
-        self.fusion = self.text_encoder = self.rsa = self.text_fusion = None
-        self.head = EnsembleHead(dim, c.ensemble_members, c.embed_dim, c.dropout)
-
     @property
     def backbones(self) -> list[Backbone]:
-        """``backbone`` followed by ``extra_backbones`` (the statistics path may have several)."""
-        return [self.backbone, *self.extra_backbones]
-
-    def image_statistics(self, images: Tensor) -> Tensor:
-        """[B,3,H,W] -> [B, D]: every statistics backbone's level statistics, concatenated."""
-        return torch.cat([s for backbone in self.backbones for s in backbone(images)], dim=-1)
+        return [self.backbone]
 
     def check_inputs(self, images: Tensor, label_map: Tensor, region_valid: Tensor,
                      texts: Sequence[Sequence[str]]) -> None:
         """Clear errors for inputs that do not follow the forward contract."""
         b, L = images.shape[0], self.num_regions
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
+        check_images(images)
         if label_map.ndim != 3 or label_map.shape[0] != b:
             raise ValueError(f"label_map must be [B,H,W] with B={b}, got {tuple(label_map.shape)}")
         if region_valid.shape != (b, L) or region_valid.dtype != torch.bool:
@@ -182,13 +162,10 @@ class RSFIQANet(nn.Module):
 
     def forward_features(self, images: Tensor, label_map: Tensor, region_valid: Tensor,
                          texts: Sequence[Sequence[str]], return_attn: bool = False) -> dict:
-        """{"score": [B], "grid": (Hn, Wn), "rsa_attn": [B,heads,N,N] when ``return_attn``}; with
-        ``global_stats`` {"score": [B], "members": [B, members]} instead."""
+        """{"score": [B], "grid": (Hn, Wn), "rsa_attn": [B,heads,N,N] when ``return_attn``}."""
         if return_attn and self.rsa is None:
             raise ValueError("return_attn needs use_rsa=True")
         self.check_inputs(images, label_map, region_valid, texts)
-        if self.config.global_stats:
-            return self.head(self.image_statistics(images))
         # host-side work first (label check, text cache), so it never waits for queued device work
         if self.rsa is not None:
             check_label_map(label_map, self.num_regions)
@@ -216,7 +193,7 @@ class RSFIQANet(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split for per-part learning rates: backbone, text encoder, the rest."""
-        backbone = [p for b in self.backbones for p in b.parameters() if p.requires_grad]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         text = [p for p in self.text_encoder.parameters() if p.requires_grad] if self.text_encoder is not None else []
         taken = {id(p) for p in backbone + text}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]

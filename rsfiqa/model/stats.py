@@ -1,4 +1,5 @@
-"""The offline configuration's path: whole-image statistics of frozen backbones -> ridge + MLP ensemble.
+"""Architecture ``stats`` (the offline configuration): whole-image statistics of frozen backbones ->
+ridge + MLP ensemble.
 
 Not in the paper. On CPU-sized data (651 training photos of CLIVE) the frozen ImageNet features'
 per-level mean and standard deviation carry the evidence; MHF, RSA and the region texts add nothing
@@ -10,9 +11,13 @@ differently biased predictors of the normalised MOS:
 * ``members`` small MLPs on the standardised statistics, trained by the usual loop with eq. (11)
   applied to each member (independent members, one optimiser).
 
-The score is ``(ridge + mean of the members) / 2``.
+The score is ``(ridge + mean of the members) / 2``. The network reads the image only: label maps
+and region texts passed to it are ignored, so scoring needs no annotation (README, "Scoring").
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +25,7 @@ from torchmetrics.functional import spearman_corrcoef
 
 from .backbone import Backbone
 from .head import pool_tokens
+from .net import check_images
 
 # ridge penalties, relative to the mean eigenvalue of the centred training Gram matrix
 RIDGE_ALPHAS = torch.logspace(-4, 4, 33, dtype=torch.float64)
@@ -108,3 +114,90 @@ class EnsembleHead(nn.Module):
         self.target_std.fill_(float(y.std(unbiased=False).clamp_min(STD_FLOOR)))
         self.fitted.fill_(True)
         return {"alpha": best[1], "val_srcc": best[0]}
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Every option of :class:`StatsNet` (README, "Options where the paper is silent"); configs set
+    them under ``model.net`` with ``arch: stats``. The backbones are always frozen."""
+
+    arch: ClassVar[str] = "stats"
+    backbone: str = "efficientnet_lite0"
+    extra_backbones: tuple[str, ...] = ()
+    pretrained: bool | str | None = None
+    out_indices: tuple[int, ...] | None = None
+    img_size: int | None = None
+    num_regions: int = 5
+    ensemble_members: int = 3
+    embed_dim: int = 256
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("out_indices", "extra_backbones"):  # a list from a config file: the same options
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    @property
+    def backbone_names(self) -> tuple[str, ...]:
+        """``backbone`` followed by ``extra_backbones``."""
+        return (self.backbone, *self.extra_backbones)
+
+    @property
+    def consumes(self) -> frozenset[str]:
+        """Nothing beside the image."""
+        return frozenset()
+
+    @property
+    def closed_form(self) -> bool:
+        """The ridge is solved in closed form before training (:meth:`StatsNet.fit_closed_form`)."""
+        return True
+
+    def frozen_parts(self) -> list[str]:
+        """Parts of the net whose weights come from packages in a shipped file: every backbone."""
+        return ["backbone", "extra_backbones"] if self.extra_backbones else ["backbone"]
+
+
+class StatsNet(nn.Module):
+    """Frozen statistics backbones and the ensemble head; ``forward`` has :class:`~.net.RSFIQANet`'s
+    signature (label map, region validity and texts are accepted and ignored) and returns the
+    predicted normalised quality [B]."""
+
+    def __init__(self, config: StatsConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.num_regions = c.num_regions
+        self.backbone = StatisticsBackbone(c.backbone, c.pretrained, c.out_indices, True, c.img_size)
+        self.extra_backbones = nn.ModuleList(StatisticsBackbone(name, c.pretrained, c.out_indices, True, c.img_size)
+                                             for name in c.extra_backbones)
+        dim = sum(2 * sum(b.channels) for b in self.backbones)
+        self.head = EnsembleHead(dim, c.ensemble_members, c.embed_dim, c.dropout)
+
+    @property
+    def backbones(self) -> list[Backbone]:
+        """``backbone`` followed by ``extra_backbones``."""
+        return [self.backbone, *self.extra_backbones]
+
+    def image_statistics(self, images: Tensor) -> Tensor:
+        """[B,3,H,W] -> [B, D]: every backbone's level statistics, concatenated (the closed-form step's input)."""
+        return torch.cat([s for backbone in self.backbones for s in backbone(images)], dim=-1)
+
+    def fit_closed_form(self, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor) -> dict[str, float]:
+        """:meth:`EnsembleHead.fit_closed_form` on statistics from :meth:`image_statistics`."""
+        return self.head.fit_closed_form(train_x, train_y, val_x, val_y)
+
+    def forward_features(self, images: Tensor, label_map: Tensor | None = None, region_valid: Tensor | None = None,
+                         texts: Sequence[Sequence[str]] | None = None, return_attn: bool = False) -> dict:
+        """{"score": [B], "members": [B, members]}."""
+        if return_attn:
+            raise ValueError("return_attn needs an architecture with RSA (arch rsfiqa, use_rsa=True)")
+        check_images(images)
+        return self.head(self.image_statistics(images))
+
+    def forward(self, images: Tensor, label_map: Tensor | None = None, region_valid: Tensor | None = None,
+                texts: Sequence[Sequence[str]] | None = None) -> Tensor:
+        return self.forward_features(images)["score"]
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The MLP members (the backbones are frozen, the ridge is solved in closed form)."""
+        return {"backbone": [], "text": [], "head": [p for p in self.head.parameters() if p.requires_grad]}
