@@ -48,7 +48,7 @@ def test_every_run_kind_is_documented_and_tested():
 @pytest.fixture(scope="module")
 def shipped_scorer() -> Scorer:
     torch.set_num_threads(1)
-    return Scorer.from_pretrained(device="cpu")
+    return Scorer.from_pretrained(device="cpu", regions=True)  # annotating: serves --heatmap and --report runs too
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from rsfiqa.inference.models_command import main as models_main
 from rsfiqa.inference.score_cli import main as score_main
 from rsfiqa.inference.scorer import Scorer
 from rsfiqa.data.transforms import as_size
+from rsfiqa.model import registry
 from rsfiqa.model.net import NetConfig, RSFIQANet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,8 @@ def test_shipped_file_agrees_with_the_make_model_recipe(name: str) -> None:
     content = pretrained.read_model_file(entry.path, name)
     assert content["card"]["recipe"]["configs"] == list(entry.configs)
     config = OmegaConf.merge(*(OmegaConf.load(REPO / c) for c in entry.configs))
-    assert NetConfig.from_hparams(content["hyper_parameters"]) == NetConfig(**OmegaConf.to_container(config.model.net))
+    assert (registry.config_from_hparams(content["hyper_parameters"])
+            == registry.as_config(OmegaConf.to_container(config.model.net)))
     data = content["rsfiqa_data"]
     assert data["image_size"] == list(as_size(config.data.image_size))
     for key in ("text_parts", "text_dims", "num_regions", "resize_interpolation"):
