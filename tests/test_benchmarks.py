@@ -91,7 +91,9 @@ def test_scoring_benchmark_prints_every_target(capsys: pytest.CaptureFixture[str
     scoring.main(["--root", str(SHARED / "data" / "clive-dev"), "--photos", "2", "--batch", "1", "--reps", "1",
                   "--annotate-photos", "2", "--big-side", "600", "--threads", "1"])
     out = capsys.readouterr().out
-    assert "ratio scoring (in-process annotation (workers=0)) / bare backbone:" in out and "(target >= 0.5:" in out
+    assert "ratio scoring (regions, in-process annotation (workers=0)) / bare backbone:" in out
+    assert "(target >= 0.5:" in out
+    assert "ratio scoring (no region output (nothing annotated)) / bare backbone:" in out and "(target >= 0.9:" in out
     assert "heatmap drawing + PNG:" in out and "(target <= 0.1:" in out
     assert "shards byte-identical: True" in out and "(target <= 120:" in out
     assert "peak RSS, largest of the runs:" in out and "(target <= 2.0:" in out
