@@ -44,7 +44,7 @@ def test_pixel_guard_still_applies_when_downscaling():
 
 @pytest.fixture(scope="module")
 def scorer() -> Scorer:
-    return Scorer.from_pretrained()
+    return Scorer.from_pretrained(regions=True)  # annotating: the tests below follow images into the annotator
 
 
 def test_annotator_and_network_receive_images_bounded_by_max_side(scorer, monkeypatch):
@@ -77,7 +77,7 @@ def test_worker_processes_give_the_in_process_scores_and_stage_times(scorer, mon
     assert [r["score"] for r in pooled] == [r["score"] for r in alone]
     assert [r["error"] is None for r in pooled] == [True, True, False, True, True, True]
     counted = {k: scorer.times.images[k] - before[k] for k in before}
-    encoded_texts = 5 if scorer.net.text_encoder is not None else 0  # the shipped model reads no region text
+    encoded_texts = 5 if "texts" in scorer.net.config.consumes else 0  # the shipped model reads no region text
     assert counted == {"decode": 6, "segment": 5, "describe": 5, "prepare": 5, "text": encoded_texts, "network": 5}
 
 

@@ -448,24 +448,25 @@ class Scorer:
                 results[item.index] = scored
         return [results[index] for index, _ in loaded.batch]
 
-    def model_input(self, rgb: np.ndarray, annotation: Annotation | None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """(image [3,H,W], label map [H,W], region_valid [L], texts) as evaluation reads them; without
-        an annotation, an all-background label map, no valid region and empty texts."""
-        if annotation is not None:
-            return model_input(rgb, annotation.label_map, annotation.regions, self.image_size,
-                               self.data["resize_interpolation"], self.data["text_parts"], self.data["text_dims"])
+    def model_input(self, rgb: np.ndarray, label_map: np.ndarray,
+                    regions: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """(image [3,H,W], label map [H,W], region_valid [L], texts) as evaluation reads them."""
+        return model_input(rgb, label_map, regions, self.image_size, self.data["resize_interpolation"],
+                           self.data["text_parts"], self.data["text_dims"])
+
+    def image_only_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """:meth:`model_input` of an image that was not annotated: all background, no valid region, no text."""
         num_regions = self.net.num_regions
-        background = np.full(rgb.shape[:2], num_regions - 1, dtype=np.int32)
-        image, labels, _, _ = model_input(rgb, background, [], self.image_size, self.data["resize_interpolation"],
-                                          self.data["text_parts"], self.data["text_dims"])
+        image, labels, _, _ = self.model_input(rgb, np.full(rgb.shape[:2], num_regions - 1, dtype=np.int32), [])
         return image, labels, torch.zeros(num_regions, dtype=torch.bool), [""] * num_regions
 
     @torch.inference_mode()
     def _predict(self, items: list[_Annotated], attn_token: tuple[int, int] | None,
                  keep_arrays: bool) -> list[Scored]:
         with self.times.stage("prepare", len(items)):
-            inputs = [self.model_input(item.rgb, item.annotation) for item in items]
+            inputs = [self.image_only_input(item.rgb) if item.annotation is None
+                      else self.model_input(item.rgb, item.annotation.label_map, item.annotation.regions)
+                      for item in items]
             images, labels, valid = (torch.stack([x[i] for x in inputs]).to(self.device) for i in range(3))
             texts = [x[3] for x in inputs]
         if "text_encoder" in self.net.config.frozen_parts():  # encoded here once into its cache, looked up below

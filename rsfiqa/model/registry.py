@@ -97,12 +97,14 @@ def config_from_hparams(hparams: Mapping[str, Any], **changes: Any) -> ArchConfi
     """The config in a checkpoint's ``hyper_parameters``: ``hparams["net"]`` (with ``arch``, or in the
     layout before the registry), or flat in checkpoints written before ``net``. ``changes`` replace
     the options the architecture has (``pretrained=None`` ...) and are ignored by the others."""
-    net = hparams["net"] if "net" in hparams else hparams
-    if "arch" in net:
-        arch, options = net["arch"], dict(net)
-    else:  # before the registry: one option set for both models, the other model's options at defaults
-        arch = StatsConfig.arch if net.get(LEGACY_STATS_FLAG) else NetConfig.arch
-        known = {f.name for f in fields(ARCHS[arch][0])}
+    nested = "net" in hparams
+    net = hparams["net"] if nested else hparams
+    # before the registry (no arch): one option set for both models, the other model's options at defaults
+    arch = net.get("arch") or (StatsConfig.arch if net.get(LEGACY_STATS_FLAG) else NetConfig.arch)
+    if nested and "arch" in net:
+        options = dict(net)
+    else:  # a legacy option set, or flat beside the module's own arguments: the architecture's options
+        known = {f.name for f in fields(ARCHS[arch][0])} if arch in ARCHS else set()
         options = {k: v for k, v in net.items() if k in known}
     config = make_config(arch, options)
     known = {f.name for f in fields(config)}
