@@ -166,7 +166,16 @@ def test_fit_solves_the_ridge_before_training_and_the_checkpoint_keeps_it(tmp_pa
     # every image went through each backbone once: the second pass (training, validation) hit the cache
     assert fit.model.feature_cache.hits > 0 and all(c.hits > 0 for c in fit.model.extra_feature_caches)
     tested = cli.main(["test", *args, "--ckpt_path", str(ckpt), "--trainer.logger", "false"])
-    assert np.isfinite(float(tested.trainer.callback_metrics["test/srcc"]))
+    srcc = float(tested.trainer.callback_metrics["test/srcc"])
+    assert np.isfinite(srcc)
+    # the same checkpoint as written before the registry (RSFIQANet options with global_stats) tests the same
+    legacy = torch.load(ckpt, map_location="cpu", weights_only=False)
+    options = {k: v for k, v in legacy["hyper_parameters"]["net"].items() if k != "arch"}
+    legacy["hyper_parameters"]["net"] = {**options, "global_stats": True, "freeze_backbone": True, "use_mhf": False,
+                                         "use_text": False, "use_rsa": False, "rsa_norm": "none"}
+    torch.save(legacy, tmp_path / "legacy.ckpt")
+    again = cli.main(["test", *args, "--ckpt_path", str(tmp_path / "legacy.ckpt"), "--trainer.logger", "false"])
+    assert float(again.trainer.callback_metrics["test/srcc"]) == srcc
 
 
 def test_each_member_is_trained_on_its_own_error() -> None:
