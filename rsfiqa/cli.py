@@ -46,7 +46,7 @@ from rsfiqa.module import RSFIQAModule
 from rsfiqa.predictions import PredictionWriter
 from rsfiqa_core.contract import ContractError
 from rsfiqa_core.imageio import ImageError
-from rsfiqa_core.usererrors import pop_debug, run_reporting
+from rsfiqa_core.usererrors import SettingError, pop_debug, run_reporting
 
 # name -> ("module:function" called with the remaining arguments, one-line description)
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,7 +72,7 @@ class ConfigFileError(ValueError):
 
 
 # Errors a user can cause and fix (one line); anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (ConfigFileError, CheckpointError, ContractError, ImageError, OSError)
+EXPECTED_ERRORS = (ConfigFileError, CheckpointError, ContractError, ImageError, SettingError, OSError)
 ON_INTERRUPT = "checkpoints/last.ckpt of the run holds the last finished epoch; resume with --ckpt_path"
 
 

@@ -26,6 +26,7 @@ from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, Pears
 from rsfiqa.model.feature_cache import FeatureCache, TextCache
 from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa_core import contract
+from rsfiqa_core.usererrors import SettingError
 
 METRIC_NAMES = ("plcc", "srcc", "krcc", "rmse")
 
@@ -36,6 +37,15 @@ def quality_metrics(prefix: str, sync: bool) -> MetricCollection:
     return MetricCollection({"loss": MeanSquaredError(**kw), "plcc": PearsonCorrCoef(**kw),
                              "srcc": SpearmanCorrCoef(**kw), "krcc": KendallRankCorrCoef(**kw),
                              "rmse": MeanSquaredError(squared=False, **kw)}, prefix=prefix)
+
+
+def check_learning_rates(**rates: float | None) -> None:
+    """Learning rates must be positive and the weight decay non-negative (``None``: not set)."""
+    for name, value in rates.items():
+        low_ok = value is None or (value >= 0 if name == "weight_decay" else value > 0)
+        if not low_ok or (value is not None and value != value):
+            bound = ">= 0" if name == "weight_decay" else "> 0"
+            raise SettingError(f"model.{name} must be {bound}, got {value}; fix the config or override")
 
 
 class RSFIQAModule(LightningModule):
@@ -68,6 +78,7 @@ class RSFIQAModule(LightningModule):
         feature_cache: str | None = None,
         feature_cache_dtype: str = "float16",
     ):
+        check_learning_rates(lr=lr, backbone_lr=backbone_lr, text_lr=text_lr, weight_decay=weight_decay)
         super().__init__()
         net = net if isinstance(net, NetConfig) else NetConfig(**net)
         self.save_hyperparameters(ignore=["net"])
