@@ -41,6 +41,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.eval.callbacks import TestReport, TrainingCurves
+from rsfiqa.model.feature_cache import CacheEntryError
 from rsfiqa.model.net import NetConfig
 from rsfiqa.module import RSFIQAModule
 from rsfiqa.predictions import PredictionWriter
@@ -72,7 +73,8 @@ class ConfigFileError(ValueError):
 
 
 # Errors a user can cause and fix (one line); anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (ConfigFileError, CheckpointError, ContractError, ImageError, SettingError, OSError)
+EXPECTED_ERRORS = (ConfigFileError, CheckpointError, ContractError, ImageError, SettingError, CacheEntryError,
+                   OSError)
 ON_INTERRUPT = "checkpoints/last.ckpt of the run holds the last finished epoch; resume with --ckpt_path"
 
 

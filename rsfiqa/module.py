@@ -48,6 +48,18 @@ def check_learning_rates(**rates: float | None) -> None:
             raise SettingError(f"model.{name} must be {bound}, got {value}; fix the config or override")
 
 
+def finite_rows(features: Tensor, batch: dict[str, Any]) -> Tensor:
+    """``features`` [B, D] of a batch, refused (naming the first image) where a row holds NaN/inf."""
+    bad = (~torch.isfinite(features).all(1)).nonzero().flatten().tolist()
+    if bad:
+        first = f"{batch['dataset'][bad[0]]}/{batch['image_name'][bad[0]]} ({batch['key'][bad[0]]})"
+        more = f" and {len(bad) - 1} more image(s)" if len(bad) > 1 else ""
+        raise contract.ContractError(f"{first}{more}: image features not finite (NaN/inf); the feature cache "
+                                     f"entry or the stored image is damaged: delete model.feature_cache's entries "
+                                     f"or annotate the image again")
+    return features
+
+
 class RSFIQAModule(LightningModule):
     """RSFIQANet plus loss, metrics and optimiser.
 
@@ -135,7 +147,7 @@ class RSFIQAModule(LightningModule):
             raise RuntimeError("global_stats=True needs exactly one validation set")
         features, targets = [], []
         for batch in loader:
-            features.append(self.net.image_statistics(batch["image"].to(self.device)))
+            features.append(finite_rows(self.net.image_statistics(batch["image"].to(self.device)), batch))
             targets.append(batch["mos_norm"].to(self.device))
         return torch.cat(features), torch.cat(targets)
 

@@ -260,11 +260,12 @@ def verify_checksums(sample: Mapping[str, Any], record: Mapping[str, Any], where
     for name, expected in (record.get(CHECKSUMS_KEY) or {}).items():
         if name == JSON_KEY:
             if content_hash(record_bytes(record)) != expected:
-                raise ContractError(f"{where}: its JSON record (MOS, regions) does not match its checksum (changed after "
-                                    f"annotation: an edit, disk or copy damage); restore the shard or annotate again")
+                raise ContractError(f"{where}: its JSON record (MOS, regions) does not match its checksum (changed "
+                                    f"after annotation: an edit, disk or copy damage); restore the shard or annotate "
+                                    f"again")
         elif name not in sample:
             raise ContractError(f"{where}: member '{name}' listed in the checksums is missing")
-        if content_hash(sample[name]) != expected:
+        elif content_hash(sample[name]) != expected:
             raise ContractError(f"{where}: member '{name}' does not match its checksum (the stored bytes changed "
                                 f"after annotation: disk or copy damage); restore the shard or annotate again")
 

@@ -214,7 +214,7 @@ class ShardDataModule(LightningDataModule):
         """Training needs MOS that differ, validation at least 2 samples with differing MOS: otherwise the
         correlations (SRCC, PLCC) it is judged by are undefined. Refused before any work."""
         mos = [info.mos for s in sets for _, info in s.samples() if info.splits.get(self.split_tag) == split]
-        where = f"{[s.directory for s in sets]} ({split} split of {self.split_tag!r})"
+        where = f"{', '.join(s.directory for s in sets)} ({split} split of {self.split_tag!r})"
         if split != TRAIN and len(mos) < 2:
             raise contract.ContractError(f"{where}: {len(mos)} validation sample(s); SRCC and PLCC need at least 2: "
                                          f"raise dataset.val_frac when annotating, or annotate more images")
