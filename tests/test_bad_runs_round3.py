@@ -344,8 +344,8 @@ def test_interrupted_scoring_with_report(score, tmp_path, monkeypatch):
     monkeypatch.setattr(Scorer, "iter_scored", interrupted)
     status, err = score(tmp_path / "p", "--out", tmp_path / "s.csv", "--report", tmp_path / "r.html",
                         "--batch-size", "1")
-    assert status == 130 and err[-1] == ("rsfiqa score: interrupted; the images scored so far are in the output "
-                                         "(and in the --report page, if one was asked for)")
+    assert status == 130 and err[-2:] == [f"rsfiqa score: report: {tmp_path / 'r.html'}",
+                                          "rsfiqa score: interrupted; the images scored so far are in the output"]
     assert "Traceback" not in "\n".join(err)
     page = (tmp_path / "r.html").read_text()
     assert "RSFIQA scores of 2 photos" in page and page.count("<img") == 2 * 2  # photo + overlay each

@@ -62,7 +62,7 @@ CSV_COLUMNS = ("image", "score", "score_norm", "scale_dataset", "regions")
 OUTPUT_FORMATS = (".csv", ".json")
 GLOB_CHARS = set("*?[")
 EXPECTED_ERRORS = (ScoringSetupError, LabelsError, pretrained.PretrainedError, OSError)  # a user's to fix: one line
-ON_INTERRUPT = "the images scored so far are in the output (and in the --report page, if one was asked for)"
+ON_INTERRUPT = "the images scored so far are in the output"
 HEATMAP_SUFFIX = ".heatmap.png"
 NOTED_NAMES = 5  # file names shown in a note line
 
