@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import signal
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -359,9 +360,12 @@ def test_disk_full_while_sealing(dataset, tmp_path, monkeypatch, capfd):
         return real_open("/dev/full" if full else path, mode, *args, **kwargs)
 
     monkeypatch.setattr(writer, "open", onto_a_full_disk, raising=False)
+    unraisable = []  # what Python would print as "Exception ignored in ... Traceback" at garbage collection
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     status = annotate_cli.main(["--dataset", "csv", "--root", str(dataset), "--out", str(tmp_path / "out"),
                                 "--no-progress", *OVERRIDES])
     gc.collect()  # an unclosed tar stream would print its traceback now
     err = capfd.readouterr().err.splitlines()
     assert status == 1 and err == [f"annotate: error: {tmp_path / 'out' / 'csv-p0of1-000000.tar.tmp'}: No space "
                                    f"left on device; free space there or choose another folder"]
+    assert unraisable == []
