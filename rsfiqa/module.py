@@ -23,9 +23,11 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
+from rsfiqa.checkpoint import DIGEST_KEY
 from rsfiqa.model.feature_cache import FeatureCache, TextCache
 from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa_core import contract
+from rsfiqa_core.digests import state_digest
 from rsfiqa_core.usererrors import SettingError
 
 METRIC_NAMES = ("plcc", "srcc", "krcc", "rmse")
@@ -219,10 +221,12 @@ class RSFIQAModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the data settings scoring needs (MOS scales, input size, text settings)."""
+        """Store the data settings scoring needs (MOS scales, input size, text settings) and the weights'
+        digest (verified when the checkpoint is read, :mod:`rsfiqa.checkpoint`)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "state_dict"):
             checkpoint["rsfiqa_data"] = datamodule.state_dict()
+        checkpoint[DIGEST_KEY] = state_digest(checkpoint["state_dict"])
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:

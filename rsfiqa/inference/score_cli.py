@@ -6,7 +6,9 @@ image extensions of ``contract.IMAGE_EXTS``, case-insensitive) or a glob pattern
 matches filtered by the same extensions). Files are scored in the given order, folders and
 globs in sorted order, each file once. Everything a folder holds is accounted for: a broken
 symbolic link with an image extension is an error line; files with other extensions are named in
-one ``note`` line; this run's ``--heatmap`` folder is never scanned (a note says so).
+one ``note`` line; this run's ``--heatmap`` folder is never scanned (a note says so), nor are files
+named ``*.heatmap.png`` met in a folder or glob (an earlier run's heatmaps; one note names them).
+``--labels`` rows are matched to the scored files by :mod:`rsfiqa.inference.labels`.
 
 Output (``--out``; default: CSV on stdout). One entry per scored image; images that could not be
 scored appear only on stderr.
@@ -18,7 +20,8 @@ scored appear only on stderr.
 Each result is written (and flushed) as soon as it exists, so an interrupted run keeps what was
 scored. ``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
 (``photos/sub/a.jpg`` -> ``DIR/sub/a.jpg.heatmap.png``): two inputs never share a heatmap. Outputs
-never overwrite inputs: ``--out``, ``--report`` or a heatmap naming a scanned input, and a
+never overwrite inputs: ``--out``, ``--report`` or a heatmap naming a scanned input (or ``--out``,
+``--report`` naming the ``--labels`` file), and a
 ``--heatmap`` folder that is (or holds) a scanned folder, are refused before any work, and so are
 output folders that are missing or not writable. A heatmap that cannot be written is that image's
 error line (its score row is still written, with an empty ``heatmap``).
@@ -29,7 +32,8 @@ error line (its score row is still written, with an empty ``heatmap``).
 Exit status: 0 every input scored; 1 nothing scored because of a setup problem (bad option,
 checkpoint, unavailable annotator, no image found, an output that would overwrite an input) or an
 output that failed part-way (a full disk), the reason in one line on stderr (``--debug``: the
-traceback); 2 some inputs could not be scored — one ``rsfiqa score: error: ...`` line each on
+traceback); 130 after Ctrl-C (the output, and the ``--report`` page if asked for, hold what was
+scored); 2 some inputs could not be scored — one ``rsfiqa score: error: ...`` line each on
 stderr — and the others were written.
 """
 from __future__ import annotations

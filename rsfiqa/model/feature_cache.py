@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from rsfiqa_core.digests import tensor_bytes
+
 from .backbone import Backbone
 from .text import TextEncoder
 
@@ -45,11 +47,6 @@ ENTRY_FORMAT = "entry/2"  # entries hold {"tensors", "digest"}; part of the name
 
 class CacheEntryError(RuntimeError):
     """A cache entry that cannot be used; the message names the file and says to delete it."""
-
-
-def tensor_bytes(tensor: Tensor) -> memoryview:
-    """The raw bytes of a tensor (any dtype, any shape), copied to the CPU only where needed."""
-    return memoryview(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def input_digest(image: Tensor) -> str:
