@@ -290,6 +290,21 @@ def test_output_folder_unusable(dataset, tmp_path, monkeypatch, capsys):
                                                                f"be created")
 
 
+def test_fit_output_folder_unusable(synth_shards, tiny_model_args, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for option in ("--trainer.default_root_dir", "--test_report.out_dir"):
+        status, err = fit(tmp_path / "w", fit_args(synth_shards, tiny_model_args, option, str(blocker / "runs")),
+                          capsys)
+        assert status == 2 and err[-1].startswith(f"rsfiqa fit: error: {option} {blocker / 'runs'}: cannot be "
+                                                  f"created"), err
+    logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(blocker / "l")}}]
+    status, err = fit(tmp_path / "w", fit_args(synth_shards, tiny_model_args, "--trainer.logger", json.dumps(logger)),
+                      capsys)
+    assert status == 2 and "--trainer.logger save_dir" in err[-1] and "cannot be created" in err[-1], err
+    assert not list((tmp_path / "w").rglob("*.ckpt"))
+
+
 # --------------------------------------------------------------------------- removed inputs
 def test_inputs_removed(dataset, tmp_path):
     out = tmp_path / "out"
