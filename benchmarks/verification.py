@@ -110,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"  finite-prediction check: {s['finite_s'] * 1e6:.2f} us per photo ({s['finite_s'] / s['per_photo_s']:.5%})")
     t = training_reads(photos[0], args.repeats)
     print(f"training reads: json checksum {t['json_s'] * 1e3:.3f} ms per sample ({t['record_bytes']} B record) "
-          f"= {t['json_s'] / t['sample_read_s']:.2%} of reading + decoding the sample ({t['sample_read_s'] * 1e3:.2f} ms)")
+          f"= {t['json_s'] / t['sample_read_s']:.2%} of reading + decoding the sample "
+          f"({t['sample_read_s'] * 1e3:.2f} ms)")
     print(f"  feature-cache entry digest: {t['entry_s'] * 1e3:.3f} ms per entry = "
           f"{t['entry_s'] / t['entry_load_s']:.1%} of loading it ({t['entry_load_s'] * 1e3:.3f} ms); "
           f"{t['entry_s'] / s['per_photo_s']:.3%} of scoring a photo")

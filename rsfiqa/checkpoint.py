@@ -1,8 +1,9 @@
 """Reading a checkpoint file that ``rsfiqa fit`` wrote (resuming, evaluation, scoring).
 
 ``rsfiqa fit`` stores ``state_digest`` (:func:`rsfiqa_core.digests.state_digest` of the
-``state_dict``) in every checkpoint; reading one verifies it, so weights changed after training (flipped bytes, a NaN) are
-named instead of evaluated. Checkpoints written before the digest existed load unverified.
+``state_dict``) in every checkpoint; reading one verifies it, so weights changed after training
+(flipped bytes, a NaN) are named instead of evaluated. Checkpoints written before the digest
+existed load unverified.
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ from rsfiqa.module import finite_rows
 from rsfiqa_core import contract
 from rsfiqa_core.digests import state_digest
 from rsfiqa_core.usererrors import one_line
-from test_bad_runs import OVERRIDES, csv_rows, errors, fit, fit_args, photos, run_annotate, score, set_labels  # noqa: F401
+from test_bad_runs import (OVERRIDES, csv_rows, errors, fit, fit_args, photos, run_annotate, score,  # noqa: F401
+                           set_labels)
 from test_bad_runs import dataset, shipped_scorer, tiny_checkpoint  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +228,8 @@ def test_labels_not_exact(score, tmp_path):
                         write_labels(tmp_path / "bare.csv", [("x.jpg", "10")]))
     assert status == 0 and all(row["mos"] == "" for row in csv_rows(tmp_path / "t.csv").values())
     assert any("0 photo(s) matched (0 by base name only); 2 scored photo(s) without a row" in line for line in err)
-    refused = {"twice": ([("a/x.jpg", "1"), ("a/x.jpg", "2")], "'a/x.jpg' is listed twice (lines 2 and 3); keep one row"),
+    refused = {"twice": ([("a/x.jpg", "1"), ("a/x.jpg", "2")],
+                         "'a/x.jpg' is listed twice (lines 2 and 3); keep one row"),
                "nfd_twice": ([(cafe, "1"), (unicodedata.normalize("NFD", cafe), "2")], "is listed twice"),
                "nan": ([("a/x.jpg", "nan")], "line 2: MOS 'nan' of 'a/x.jpg' is not a finite number"),
                "inf": ([("a/x.jpg", "inf")], "line 2: MOS 'inf' of 'a/x.jpg' is not a finite number")}

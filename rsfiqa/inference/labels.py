@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-NOTED_NAMES = 5  # names shown in the summary line
+NOTED_NAMES = 5  # names shown in a note line
+
+
+def named(items: Sequence[object]) -> str:
+    """The first :data:`NOTED_NAMES` items, and how many more (a note line's list of names)."""
+    more = f" and {len(items) - NOTED_NAMES} more" if len(items) > NOTED_NAMES else ""
+    return ", ".join(str(item) for item in items[:NOTED_NAMES]) + more
 
 
 class LabelsError(ValueError):
@@ -84,13 +90,12 @@ class LabelMatch:
 
     def summary(self, path: Path) -> str:
         """One line: matched, by base name, unmatched photos and rows (the first few named)."""
-        def named(items: list[str]) -> str:
-            more = f" and {len(items) - NOTED_NAMES} more" if len(items) > NOTED_NAMES else ""
-            return f" ({', '.join(items[:NOTED_NAMES])}{more})" if items else ""
+        def listed(items: Sequence[object]) -> str:
+            return f" ({named(items)})" if items else ""
         return (f"--labels {path}: {len(self.mos)} photo(s) matched ({self.by_base_name} by base name only); "
-                f"{len(self.photos_without_row)} scored photo(s) without a row"
-                f"{named([str(p) for p in self.photos_without_row])}; {len(self.rows_without_photo)} row(s) "
-                f"naming no scored photo{named([r.name for r in self.rows_without_photo])}")
+                f"{len(self.photos_without_row)} scored photo(s) without a row{listed(self.photos_without_row)}; "
+                f"{len(self.rows_without_photo)} row(s) naming no scored photo"
+                f"{listed([r.name for r in self.rows_without_photo])}")
 
 
 def match_labels(rows: dict[str, LabelRow], files: Sequence[Path], path: Path) -> LabelMatch:
@@ -117,7 +122,6 @@ def match_labels(rows: dict[str, LabelRow], files: Sequence[Path], path: Path) -
     for name, fits in taken.items():
         if len(fits) > 1:
             raise LabelsError(f"--labels {path}: line {rows[name].line}: {name!r} fits {len(fits)} scored photos "
-                              f"({', '.join(map(str, fits[:NOTED_NAMES]))}); write each photo's path relative to "
-                              f"the scanned folder")
+                              f"({named(fits)}); write each photo's path relative to the scanned folder")
     unused = [row for name, row in rows.items() if name not in taken]
     return LabelMatch(mos, by_base, without, unused)

@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from rsfiqa.inference import pretrained
 from rsfiqa.inference.heatmap import render_heatmap
-from rsfiqa.inference.labels import LabelsError, match_labels, read_labels
+from rsfiqa.inference.labels import LabelsError, match_labels, named, read_labels
 from rsfiqa.inference.report import relative_link, report_entry, write_report
 from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored, Scorer, ScoringSetupError
 from rsfiqa_core import contract
@@ -68,7 +68,6 @@ GLOB_CHARS = set("*?[")
 EXPECTED_ERRORS = (ScoringSetupError, LabelsError, pretrained.PretrainedError, OSError)  # a user's to fix: one line
 ON_INTERRUPT = "the images scored so far are in the output"
 HEATMAP_SUFFIX = ".heatmap.png"
-NOTED_NAMES = 5  # file names shown in a note line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,12 +136,6 @@ def broken_link_error(link: Path) -> str:
     return f"{link}: broken symbolic link (its target {os.readlink(link)} does not exist)"
 
 
-def named(paths: Sequence[Path]) -> str:
-    """The first :data:`NOTED_NAMES` paths, and how many more."""
-    more = f" and {len(paths) - NOTED_NAMES} more" if len(paths) > NOTED_NAMES else ""
-    return ", ".join(str(p) for p in paths[:NOTED_NAMES]) + more
-
-
 class Scan:
     """What the PATHs name: image files to score, error lines, and what was passed over (notes)."""
 
@@ -179,8 +172,9 @@ class Scan:
             notes.append(f"skipped {len(self.heatmaps)} heatmap(s) of an earlier run (*{HEATMAP_SUFFIX}): "
                          f"{named(self.heatmaps)} (name a file to score it anyway)")
         if self.other_files:
-            notes.append(f"skipped {len(self.other_files)} file(s) without an image extension: {named(self.other_files)} "
-                         f"(scored extensions: {', '.join(contract.IMAGE_EXTS)}; name a file to score it anyway)")
+            notes.append(f"skipped {len(self.other_files)} file(s) without an image extension: "
+                         f"{named(self.other_files)} (scored extensions: {', '.join(contract.IMAGE_EXTS)}; name a "
+                         f"file to score it anyway)")
         return notes
 
 
