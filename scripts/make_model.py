@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             check_output_folder(option, folder)
         except SettingError as err:
-            parser.error(str(err))
+            print(f"make model: error: {err}", file=sys.stderr)
+            return 1
     seconds, start = {}, time.perf_counter()
     photos = training_folder(args.clive, args.work / "data")
     print(f"make model: {photos} clive-dev photos (the {len(read_rows(DEMO / 'labels.csv'))} demo photos left out)")
