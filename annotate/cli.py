@@ -23,13 +23,13 @@ from annotate.describe.backends import MissingExtraError
 from annotate.pipeline import annotate, parse_part
 from rsfiqa_core.contract import ContractError
 from rsfiqa_core.imageio import ImageError
-from rsfiqa_core.usererrors import pop_debug, run_reporting
+from rsfiqa_core.usererrors import SettingError, pop_debug, run_reporting
 
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
 EXIT_ERROR = 1
 ON_INTERRUPT = "finished shards are kept; rerun the same command to resume"
 EXPECTED_ERRORS = (AnnotateError, DatasetError, MissingExtraError, ContractError, ImageError,
-                   OmegaConfBaseException, OSError)
+                   OmegaConfBaseException, SettingError, OSError)
 
 
 def positive_int(text: str) -> int:
@@ -49,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="annotation YAML (default configs/annotate/offline.yaml; "
                                                    "relative paths are also looked up in the repository)")
     p.add_argument("--part", default="0/1", help="i/N: annotate every N-th sample from the i-th (default 0/1)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N samples in key order (trials)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples in key order (trials)")
     p.add_argument("--force-new", action="store_true",
                    help="delete the shards already in --out instead of refusing other settings")
     p.add_argument("--redo-changed", action="store_true",
                    help="annotate finished samples again whose labels or image bytes changed, instead of refusing")
+    p.add_argument("--drop-removed", action="store_true",
+                   help="take finished samples whose label row or image file is gone out of the shards, instead "
+                        "of refusing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     p.add_argument("--workers", type=positive_int, default=None,
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         summary = annotate(args.dataset, args.root, args.out, cfg, part=parse_part(args.part), limit=args.limit,
                            force_new=args.force_new, progress=not args.no_progress,
-                           redo_changed=args.redo_changed, workers=args.workers)
+                           redo_changed=args.redo_changed, workers=args.workers, drop_removed=args.drop_removed)
         print(summary.report())
         return 0
 

@@ -22,12 +22,15 @@ the thread that created it (Linux ties a worker's life to that thread).
 from __future__ import annotations
 
 import ctypes
+import errno
+import logging
 import multiprocessing
 import os
 import signal
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -36,6 +39,7 @@ import numpy as np
 from annotate.api import Annotation, Annotator, Failure, Monitor
 
 _WORKER_ANNOTATOR: Annotator | None = None  # the annotator of this worker process
+log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -59,6 +63,15 @@ def worker_count(annotator: Annotator, requested: int | None) -> int:
     if requested < 1:
         raise ValueError(f"workers must be >= 1 (or None for one per core), got {requested}")
     return requested
+
+
+def capped_workers(requested: int) -> int:
+    """``requested`` processes, at most one per CPU core this process may use (a note says so when capped):
+    more only compete for the same cores, and thousands exhaust the process table."""
+    cores = available_cores()
+    if requested > cores:
+        log.warning(f"--workers {requested}: capped at {cores}, the CPU cores this process may use")
+    return min(requested, cores)
 
 
 class _Recorder(Monitor):
@@ -100,6 +113,7 @@ def die_with_parent(parent: int) -> None:
 def _init_worker(annotator: Annotator, parent: int) -> None:
     global _WORKER_ANNOTATOR
     die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no worker traceback
     _WORKER_ANNOTATOR = annotator
 
 
@@ -122,6 +136,16 @@ def replay(outcome: _Outcome, index: int, monitor: Monitor) -> Annotation | Fail
     return result
 
 
+@contextmanager
+def workers_failing_as_oserror() -> Iterator[None]:
+    """A worker that cannot start (out of processes or memory) or dies becomes one ``OSError`` saying so."""
+    try:
+        yield
+    except (OSError, BrokenProcessPool) as err:
+        raise OSError(getattr(err, "errno", None) or errno.EAGAIN,
+                      f"annotation worker processes could not start or died ({err}); use fewer --workers") from err
+
+
 class PendingAnnotation:
     """A submitted batch; :meth:`result` waits for it."""
 
@@ -131,7 +155,8 @@ class PendingAnnotation:
     def result(self, monitor: Monitor | None = None) -> list[Annotation | Failure]:
         """One :class:`Annotation` or :class:`Failure` per image, in order, as ``Annotator.annotate``."""
         monitor = monitor or Monitor()
-        return [replay(future.result(), i, monitor) for i, future in enumerate(self.futures)]
+        with workers_failing_as_oserror():
+            return [replay(future.result(), i, monitor) for i, future in enumerate(self.futures)]
 
 
 class AnnotatorPool:
@@ -141,14 +166,16 @@ class AnnotatorPool:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.annotator = annotator
-        self.workers = workers
+        self.workers = capped_workers(workers)
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        self.pool = ProcessPoolExecutor(workers, multiprocessing.get_context(method),
+        self.pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context(method),
                                         initializer=_init_worker, initargs=(annotator, os.getpid()))
 
     def submit(self, images: Sequence[np.ndarray]) -> PendingAnnotation:
-        """Start annotating ``images`` (one task per image); returns without waiting."""
-        return PendingAnnotation([self.pool.submit(_annotate_one, image) for image in images])
+        """Start annotating ``images`` (one task per image); returns without waiting. Workers that cannot
+        start (out of processes or memory) are an ``OSError`` saying so."""
+        with workers_failing_as_oserror():
+            return PendingAnnotation([self.pool.submit(_annotate_one, image) for image in images])
 
     def annotate(self, images: Sequence[np.ndarray], monitor: Monitor | None = None) -> list[Annotation | Failure]:
         """``Annotator.annotate`` with the work done in the worker processes."""

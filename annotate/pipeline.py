@@ -18,7 +18,9 @@
    naming the samples and what changed (a corrected MOS, a replaced image, another ``--root``,
    a ``mos_range`` inferred anew from appended rows): the shards would otherwise keep the old data.
    With ``redo_changed`` (``--redo-changed``) those samples are removed from their shards
-   (``writer.drop_samples``) and annotated again instead;
+   (``writer.drop_samples``) and annotated again instead. Likewise a finished sample of this part
+   whose label row or image file is gone (or no longer usable: it is skipped now) is refused, naming
+   it; ``drop_removed`` (``--drop-removed``) takes it out of the shards instead;
 5. images load through ``rsfiqa_core.imageio.load_rgb``; an unreadable image is recorded as skipped
    with its reason and the run goes on; how the file was read (Pillow mode, frame count) is kept
    in the record's ``image_info``, and an animated image (first frame used) also in the summary's
@@ -87,7 +89,7 @@ from rsfiqa_core.contract import (
 )
 from rsfiqa_core.imageio import ImageError, load_rgb
 from rsfiqa_core.timing import StageSeconds
-from rsfiqa_core.usererrors import naming_the_file
+from rsfiqa_core.usererrors import check_output_folder, naming_the_file
 
 T = TypeVar("T")
 STAGES = ("load", "segment", "describe", "write")
@@ -125,6 +127,7 @@ class Summary:
     index_count: int = 0
     summary_file: str = ""
     redone: list[str] = field(default_factory=list)  # finished samples done again: "<image>: <what changed>"
+    removed: list[str] = field(default_factory=list)  # finished samples taken out: their inputs are gone
 
     def skipped_by_reason(self) -> dict[str, int]:
         """Skips counted by their reason without the parenthesised detail."""
@@ -150,6 +153,7 @@ class Summary:
                  f"  wall {self.wall_seconds:.1f}s ({self.workers} annotation process(es), stage seconds summed "
                  f"over them); {stages}"]
         lines += [f"  redone (inputs changed): {item}" for item in self.redone[:REPORTED_SKIPS]]
+        lines += [f"  removed (label row or image gone): {item}" for item in self.removed[:REPORTED_SKIPS]]
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
         if self.skipped:
             shown = self.skipped[:REPORTED_SKIPS]
@@ -279,6 +283,21 @@ def refuse_changed(out: Path, root: Path, changed: Sequence[str]) -> None:
                         f"now, e.g. {'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''}{hint}; the "
                         f"shards would keep the old labels or images: rerun with --redo-changed to annotate "
                         f"them again, --force-new to start over, or restore the inputs")
+
+
+def removed_samples(out: Path, part_keys: set[str], ordered: Sequence[tuple[str, Sample]]) -> dict[str, str]:
+    """Key -> image name of this part's finished samples that the dataset no longer has (row or file removed,
+    or now skipped)."""
+    gone = part_keys - {key for key, _ in ordered}
+    return {key: str(record.get("image", key)) for key, record in stored_records(out, gone).items()}
+
+
+def refuse_removed(out: Path, root: Path, removed: Sequence[str]) -> None:
+    """The error of module docstring step 4 for samples whose inputs are gone, naming the first ones."""
+    raise AnnotateError(f"{out}: {len(removed)} finished sample(s) have no usable label row or image in {root} any "
+                        f"more, e.g. {', '.join(removed[:5])}{', ...' if len(removed) > 5 else ''}; they would stay "
+                        f"in the shards and be trained on: rerun with --drop-removed to take them out, --force-new "
+                        f"to start over, or restore the inputs")
 
 
 def built(what: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -418,12 +437,13 @@ def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator | A
 # --------------------------------------------------------------------------- the run
 def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, part: tuple[int, int] = (0, 1),
              limit: int | None = None, force_new: bool = False, progress: bool = True,
-             redo_changed: bool = False, workers: int | None = 1) -> Summary:
+             redo_changed: bool = False, workers: int | None = 1, drop_removed: bool = False) -> Summary:
     """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``;
     ``redo_changed``: annotate finished samples whose inputs changed again instead of refusing;
+    ``drop_removed``: take finished samples whose inputs are gone out of the shards instead of refusing;
     segment and describe in ``workers`` processes (``None``: one per core; :mod:`annotate.parallel`)."""
     t_start = time.perf_counter()
-    out = Path(out)
+    out = check_output_folder("--out", out)  # before any work
     adapter = built(f"dataset {dataset!r}", get_adapter, dataset, **section(cfg, "dataset"))
     name = adapter.dataset_name
     samples, adapter_skips = adapter.load(Path(root))
@@ -439,7 +459,6 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     record = annotator_info(annotator, cfg)
     clip_token_count("")  # loads region_text's tokenizer (imports open_clip) before the stage clocks run
 
-    out.mkdir(parents=True, exist_ok=True)
     if force_new:
         discard_outputs(out)
     claim_settings(out, settings_fingerprint(name, cfg, record))
@@ -452,17 +471,24 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     with part_lock(out, prefix):
         writer = PartShardWriter(out, prefix, cfg.shards.maxcount, cfg.shards.maxsize)
         summary.discarded_temp_files = [p.name for p in writer.discard_temp_files()]
-        done = {k for keys in scan_shards(out).values() for k in keys}
+        finished = scan_shards(out)
+        done = {k for keys in finished.values() for k in keys}
         changed = changed_samples(out, [(k, s) for k, s in selected if k in done], hashes)
         if changed and not redo_changed:
             refuse_changed(out, Path(root), list(changed.values()))
-        drop_samples(out, set(changed))
+        removed = removed_samples(out, {k for shard, keys in finished.items() if shard.startswith(prefix + "-")
+                                        for k in keys}, ordered)
+        if removed and not drop_removed:
+            refuse_removed(out, Path(root), sorted(removed.values()))
+        drop_samples(out, set(changed) | set(removed))
         summary.redone = sorted(changed.values())
-        done -= set(changed)
+        summary.removed = sorted(removed.values())
+        done -= set(changed) | set(removed)
         todo = [(k, s) for k, s in selected if k not in done]
         summary.already_done = len(selected) - len(todo)
         clock, guard = StageClock(summary), FailureGuard()
         runner = AnnotatorPool(annotator, summary.workers) if summary.workers > 1 else nullcontext(annotator)
+        summary.workers = getattr(runner, "workers", 1)  # the pool caps it at the cores
         with writer, runner as annotating, tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start:start + cfg.batch_size]

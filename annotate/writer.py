@@ -298,6 +298,8 @@ class PartShardWriter:
     def abort(self) -> None:
         """Drop the unfinished shard."""
         if self._file is not None:
+            with suppress(OSError, ValueError):  # the tar stream closed now, so garbage collection never retries
+                self._tar.close()            # its flush (that printed a traceback after the one-line error)
             with suppress(OSError):  # closing flushes: on a full disk that fails too, and the file goes anyway
                 self._file.close()
             self._temp_path().unlink(missing_ok=True)

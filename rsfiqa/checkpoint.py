@@ -1,10 +1,20 @@
-"""Reading a checkpoint file that ``rsfiqa fit`` wrote (resuming, evaluation, scoring)."""
+"""Reading a checkpoint file that ``rsfiqa fit`` wrote (resuming, evaluation, scoring).
+
+``rsfiqa fit`` stores ``state_digest`` (:func:`rsfiqa_core.digests.state_digest` of the
+``state_dict``) in every checkpoint; reading one verifies it, so weights changed after training
+(flipped bytes, a NaN) are named instead of evaluated. Checkpoints written before the digest
+existed load unverified.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rsfiqa_core.digests import state_digest
+
+DIGEST_KEY = "state_digest"
 
 
 class CheckpointError(ValueError):
@@ -24,4 +34,7 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
                               f"{type(err).__name__}); pass a .ckpt from runs/<name>/version_N/checkpoints/") from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a checkpoint written by `rsfiqa fit` (holds a {type(ckpt).__name__})")
+    if DIGEST_KEY in ckpt and state_digest(ckpt.get("state_dict", {})) != ckpt[DIGEST_KEY]:
+        raise CheckpointError(f"{path}: its weights do not match the digest written with them (changed or damaged "
+                              f"after training); use another checkpoint of the run (an earlier epoch) or train again")
     return ckpt

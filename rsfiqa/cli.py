@@ -23,7 +23,8 @@ settings are overridden with a message.
 Resuming ``fit --ckpt_path B`` with a config whose network settings (``model.net``, except
 ``pretrained``) differ from B's is refused, naming the differing keys; ``--take_checkpoint_network
 true`` takes B's network instead. A user error (malformed YAML, a checkpoint that is no checkpoint,
-a missing or empty shard directory, a full disk) ends with one ``rsfiqa <command>: error: ...`` line
+a missing or empty shard directory, an output folder that cannot be created or written — checked before
+anything is built —, a full disk) ends with one ``rsfiqa <command>: error: ...`` line
 and exit status 2; ``--debug`` shows the traceback (``rsfiqa_core.usererrors``).
 """
 from __future__ import annotations
@@ -43,11 +44,12 @@ from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.eval.callbacks import TestReport, TrainingCurves
 from rsfiqa.model import registry
+from rsfiqa.model.feature_cache import CacheEntryError
 from rsfiqa.module import RSFIQAModule
 from rsfiqa.predictions import PredictionWriter
 from rsfiqa_core.contract import ContractError
 from rsfiqa_core.imageio import ImageError
-from rsfiqa_core.usererrors import pop_debug, run_reporting
+from rsfiqa_core.usererrors import SettingError, check_output_folder, pop_debug, run_reporting
 
 # name -> ("module:function" called with the remaining arguments, one-line description)
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,7 +75,8 @@ class ConfigFileError(ValueError):
 
 
 # Errors a user can cause and fix (one line); anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (ConfigFileError, CheckpointError, ContractError, ImageError, OSError)
+EXPECTED_ERRORS = (ConfigFileError, CheckpointError, ContractError, ImageError, SettingError, CacheEntryError,
+                   OSError)
 ON_INTERRUPT = "checkpoints/last.ckpt of the run holds the last finished epoch; resume with --ckpt_path"
 
 
@@ -157,6 +160,7 @@ class RSFIQACLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         share_logger_version(config.get("trainer", {}).get("logger"))
+        check_output_folders(config)
         if config.get("ckpt_path"):
             # the checkpoint holds the trained backbone: do not fetch ImageNet weights first
             config.model.net.pretrained = None
@@ -170,6 +174,20 @@ def checkpoint_model_options(hparams: dict[str, Any]) -> dict[str, Any]:
     arguments = set(inspect.signature(RSFIQAModule.__init__).parameters) - {"self", "net"}
     return {**{k: v for k, v in hparams.items() if k in arguments},
             "net": registry.options_record(registry.config_from_hparams(hparams))}
+
+
+def check_output_folders(config: Any) -> None:
+    """The run's output folders (``trainer.default_root_dir``, each logger's ``save_dir``, ``test_report.out_dir``)
+    are created and test-written before anything is built (a one-line error otherwise)."""
+    trainer = config.get("trainer", {})
+    loggers = trainer.get("logger")
+    folders = [("--trainer.default_root_dir", trainer.get("default_root_dir"))]
+    folders += [("--trainer.logger save_dir", (logger.get("init_args") or {}).get("save_dir"))
+                for logger in (loggers if isinstance(loggers, list) else []) if hasattr(logger, "get")]
+    folders.append(("--test_report.out_dir", config.get("test_report", {}).get("out_dir")))
+    for option, folder in folders:
+        if folder:
+            check_output_folder(option, folder)
 
 
 def network_differences(configured: Any, hparams: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

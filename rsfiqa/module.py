@@ -23,10 +23,13 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
+from rsfiqa.checkpoint import DIGEST_KEY
 from rsfiqa.model.feature_cache import FeatureCache, TextCache
 from rsfiqa.model import registry
 from rsfiqa.model.registry import NetOptions
 from rsfiqa_core import contract
+from rsfiqa_core.digests import state_digest
+from rsfiqa_core.usererrors import SettingError
 
 METRIC_NAMES = ("plcc", "srcc", "krcc", "rmse")
 
@@ -37,6 +40,27 @@ def quality_metrics(prefix: str, sync: bool) -> MetricCollection:
     return MetricCollection({"loss": MeanSquaredError(**kw), "plcc": PearsonCorrCoef(**kw),
                              "srcc": SpearmanCorrCoef(**kw), "krcc": KendallRankCorrCoef(**kw),
                              "rmse": MeanSquaredError(squared=False, **kw)}, prefix=prefix)
+
+
+def check_learning_rates(**rates: float | None) -> None:
+    """Learning rates must be positive and the weight decay non-negative (``None``: not set)."""
+    for name, value in rates.items():
+        low_ok = value is None or (value >= 0 if name == "weight_decay" else value > 0)
+        if not low_ok or (value is not None and value != value):
+            bound = ">= 0" if name == "weight_decay" else "> 0"
+            raise SettingError(f"model.{name} must be {bound}, got {value}; fix the config or override")
+
+
+def finite_rows(features: Tensor, batch: dict[str, Any]) -> Tensor:
+    """``features`` [B, D] of a batch, refused (naming the first image) where a row holds NaN/inf."""
+    bad = (~torch.isfinite(features).all(1)).nonzero().flatten().tolist()
+    if bad:
+        first = f"{batch['dataset'][bad[0]]}/{batch['image_name'][bad[0]]} ({batch['key'][bad[0]]})"
+        more = f" and {len(bad) - 1} more image(s)" if len(bad) > 1 else ""
+        raise contract.ContractError(f"{first}{more}: image features not finite (NaN/inf); the feature cache "
+                                     f"entry or the stored image is damaged: delete model.feature_cache's entries "
+                                     f"or annotate the image again")
+    return features
 
 
 class RSFIQAModule(LightningModule):
@@ -71,6 +95,7 @@ class RSFIQAModule(LightningModule):
         feature_cache: str | None = None,
         feature_cache_dtype: str = "float16",
     ):
+        check_learning_rates(lr=lr, backbone_lr=backbone_lr, text_lr=text_lr, weight_decay=weight_decay)
         super().__init__()
         config = registry.as_config(net)
         self.save_hyperparameters(ignore=["net"])
@@ -129,7 +154,7 @@ class RSFIQAModule(LightningModule):
             raise RuntimeError(f"arch {self.net.config.arch!r} needs exactly one validation set for its closed-form step")
         features, targets = [], []
         for batch in loader:
-            features.append(self.net.image_statistics(batch["image"].to(self.device)))
+            features.append(finite_rows(self.net.image_statistics(batch["image"].to(self.device)), batch))
             targets.append(batch["mos_norm"].to(self.device))
         return torch.cat(features), torch.cat(targets)
 
@@ -201,10 +226,12 @@ class RSFIQAModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the data settings scoring needs (MOS scales, input size, text settings)."""
+        """Store the data settings scoring needs (MOS scales, input size, text settings) and the weights'
+        digest (verified when the checkpoint is read, :mod:`rsfiqa.checkpoint`)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "state_dict"):
             checkpoint["rsfiqa_data"] = datamodule.state_dict()
+        checkpoint[DIGEST_KEY] = state_digest(checkpoint["state_dict"])
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:

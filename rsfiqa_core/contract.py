@@ -7,9 +7,11 @@ A shard directory holds webdataset ``.tar`` files plus ``index.json``. Each samp
   orientation applied, as :func:`rsfiqa_core.imageio.decode_rgb` returns it), values 0..L-1;
 * ``json``: the record described by :func:`make_record` (keys may be added, never renamed). Its
   ``checksums`` (added by :func:`encode_sample`) hold the SHA-256 of the sample's other members
-  (image bytes and label map); :func:`decode_sample` verifies them, so bytes changed on disk are
-  named (shard and key) instead of being trained on. Records written before ``checksums`` existed
-  load unverified.
+  (image bytes and label map) and, under ``json``, of the record itself without its ``checksums``
+  (:func:`record_bytes`: canonical JSON, so the digest survives its own presence);
+  :func:`decode_sample` verifies them, so bytes changed on disk (a MOS digit included) are named
+  (shard and key) instead of being trained on. Records written before ``checksums`` (or before the
+  ``json`` digest) existed load with what they have verified.
 
 Region ``L-1`` is the background (pixels no kept mask covers, paper eq. 5); regions that are
 empty are flagged ``valid: false`` and never fabricated. Everything that reads or writes these
@@ -233,6 +235,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def record_bytes(record: Mapping[str, Any]) -> bytes:
+    """The record without its ``checksums``, as canonical JSON: what the ``json`` checksum digests."""
+    return json.dumps({k: v for k, v in record.items() if k != CHECKSUMS_KEY}, ensure_ascii=False,
+                      sort_keys=True).encode("utf-8")
+
+
 def encode_sample(key: str, image_bytes: bytes, image_name: str, label_map: np.ndarray, record: Mapping) -> dict:
     """A webdataset sample dict (values are bytes, so writers store them unchanged); the record gets
     the ``checksums`` of the other members."""
@@ -241,7 +249,8 @@ def encode_sample(key: str, image_bytes: bytes, image_name: str, label_map: np.n
     if int(label_map.max(initial=0)) >= n:
         raise ContractError(f"{key}: label map has value {int(label_map.max())} but only {n} regions")
     members = {image_ext(image_name): bytes(image_bytes), LABEL_MAP_KEY: encode_label_map(label_map)}
-    record = {**record, CHECKSUMS_KEY: {name: content_hash(data) for name, data in members.items()}}
+    checksums = {name: content_hash(data) for name, data in {**members, JSON_KEY: record_bytes(record)}.items()}
+    record = {**record, CHECKSUMS_KEY: checksums}
     return {"__key__": key, **members, JSON_KEY: json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")}
 
 
@@ -249,9 +258,14 @@ def verify_checksums(sample: Mapping[str, Any], record: Mapping[str, Any], where
     """Raise :class:`ContractError` naming ``where`` (shard:key) and the member whose bytes differ
     from the record's ``checksums``; records without checksums (older shards) pass unverified."""
     for name, expected in (record.get(CHECKSUMS_KEY) or {}).items():
-        if name not in sample:
+        if name == JSON_KEY:
+            if content_hash(record_bytes(record)) != expected:
+                raise ContractError(f"{where}: its JSON record (MOS, regions) does not match its checksum (changed "
+                                    f"after annotation: an edit, disk or copy damage); restore the shard or annotate "
+                                    f"again")
+        elif name not in sample:
             raise ContractError(f"{where}: member '{name}' listed in the checksums is missing")
-        if content_hash(sample[name]) != expected:
+        elif content_hash(sample[name]) != expected:
             raise ContractError(f"{where}: member '{name}' does not match its checksum (the stored bytes changed "
                                 f"after annotation: disk or copy damage); restore the shard or annotate again")
 

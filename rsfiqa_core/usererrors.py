@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -16,6 +17,32 @@ from typing import Callable, Iterator, Sequence
 DEBUG_FLAG = "--debug"
 EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
 WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"  # torch's re-raise of a DataLoader worker error
+
+
+class SettingError(ValueError):
+    """A setting (option or config value) outside its range; the message names it and the fix."""
+
+
+def can_create_files(folder: str | Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried: permissions alone miss read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_output_folder(option: str, folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) and check a file can be written there, before any work;
+    a :class:`SettingError` naming ``option`` otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SettingError(f"{option} {folder}: cannot be created ({err.strerror}); choose another folder") from err
+    if not can_create_files(folder):
+        raise SettingError(f"{option} {folder}: is not writable; choose another folder")
+    return folder
 
 
 def pop_debug(argv: Sequence[str]) -> tuple[list[str], bool]:

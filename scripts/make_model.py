@@ -36,6 +36,7 @@ from rsfiqa.cli import main as rsfiqa_main  # noqa: E402
 from rsfiqa.inference import pretrained  # noqa: E402
 from rsfiqa.inference.report import correlations  # noqa: E402
 from rsfiqa.inference.scorer import Scorer  # noqa: E402
+from rsfiqa_core.usererrors import SettingError, check_output_folder  # noqa: E402
 
 ANNOTATE_OVERRIDES = ("dataset.mos_range=[0,100]", "dataset.test_frac=0", "dataset.val_frac=0.1",
                       "dataset.dataset_name=clive")
@@ -100,6 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.clive / "labels.csv").is_file():
         parser.error(f"{args.clive / 'labels.csv'} not found: point --clive at the clive-dev folder")
+    target = args.out or pretrained.MODELS[args.name].path
+    for option, folder in (("--out", target.parent), ("--work", args.work)):  # before hours of work
+        try:
+            check_output_folder(option, folder)
+        except SettingError as err:
+            print(f"make model: error: {err}", file=sys.stderr)
+            return 1
     seconds, start = {}, time.perf_counter()
     photos = training_folder(args.clive, args.work / "data")
     print(f"make model: {photos} clive-dev photos (the {len(read_rows(DEMO / 'labels.csv'))} demo photos left out)")
@@ -123,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "annotate": "configs/annotate/offline.yaml",
                        "annotate_overrides": list(ANNOTATE_OVERRIDES), "seed": 0},
             "validation": val}
-    target = args.out or pretrained.MODELS[args.name].path
     staged = target.with_name(f"{target.stem}.staged.pt")
     pretrained.save_model_file(pretrained.package_checkpoint(torch.load(best, map_location="cpu", weights_only=True),
                                                              card), staged)

@@ -289,6 +289,32 @@ def run_kinds() -> list[BadRun]:
     ]
 
 
+def round3_kinds() -> list[BadRun]:
+    """Issue 24's classes (stored bytes verified, labels matched exactly, outputs never clobbered, removals
+    noticed, degenerate data refused, bounded workers and quiet interrupts); ``tests/test_bad_runs_round3.py``
+    has ``test_<kind>`` for each, docs/FAILURES.md its row."""
+    return [
+        BadRun("shipped_model_tampered", "score", "bytes of the shipped file's weights flipped, a NaN written "
+                                                  "into a weight, or a hyper-parameter edited"),
+        BadRun("non_finite_prediction", "score", "the network predicts NaN/inf for an image"),
+        BadRun("checkpoint_tampered", "fit, score", "a weight in a checkpoint changed after training"),
+        BadRun("feature_cache_entry_damaged", "fit", "a cache entry emptied, truncated or bit-flipped"),
+        BadRun("non_finite_features", "fit", "NaN image features reach the ridge's closed-form fit"),
+        BadRun("mos_edited_in_shard", "fit", "one digit of a stored record's MOS changed"),
+        BadRun("labels_not_exact", "score", "--labels with a/x.jpg and b/x.jpg, a name twice, nan/inf MOS, NFD names"),
+        BadRun("out_is_labels", "score", "--out (or --report) names the --labels file"),
+        BadRun("heatmaps_of_an_earlier_run", "score", "a rerun on a folder holding *.heatmap.png files"),
+        BadRun("output_folder_unusable", "make model, annotate", "--out in a folder that cannot be created/written"),
+        BadRun("inputs_removed", "annotate", "a label row or image file deleted, then a rerun"),
+        BadRun("degenerate_data", "fit, annotate", "all MOS identical, 1 validation image, batch_size 0, lr -1, "
+                                                   "--limit -1"),
+        BadRun("too_many_workers", "annotate, score", "--workers 100000, or worker processes that cannot start"),
+        BadRun("interrupted_scoring_with_report", "score", "Ctrl-C during score with --report and worker processes"),
+        BadRun("disk_full_while_sealing", "annotate", "the disk fills while a shard is written: no traceback after "
+                                                      "the one line"),
+    ]
+
+
 def broken_link(folder: Path, name: str) -> Path:
     """A symbolic link ``folder/name`` whose target does not exist."""
     folder.mkdir(parents=True, exist_ok=True)

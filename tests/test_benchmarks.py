@@ -99,3 +99,13 @@ def test_scoring_benchmark_prints_every_target(capsys: pytest.CaptureFixture[str
     assert "peak RSS, largest of the runs:" in out and "(target <= 2.0:" in out
     for stage in ("decode", "segment", "describe", "text", "network", "write"):
         assert f" {stage} |" in out
+
+
+def test_verification_benchmark_prints_each_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    import verification
+
+    results = verification.main(["--root", str(SHARED / "data" / "clive-dev"), "--photos", "1", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "shipped-file digest:" in out and "json checksum" in out and "feature-cache entry digest:" in out
+    assert "(target < 2%)" in out
+    assert all(v > 0 for part in results.values() for v in part.values())

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 from rsfiqa.data import transforms
 from rsfiqa.data.sample import SampleReader, collate
 from rsfiqa.data.shards import ShardSet, load_shard_set
+from rsfiqa_core.usererrors import SettingError
 from rsfiqa.data.streams import PassShuffle, RankShards, ShardErrorHandler, WorkerQuota
 from rsfiqa_core import contract
 
@@ -141,7 +142,8 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"unknown resize_interpolation {resize_interpolation!r}; "
                              f"choose from {sorted(transforms.INTERPOLATIONS)}")
         if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+            raise SettingError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, "
+                               f"{num_workers}; fix the config or override")
         self.train_shards = _as_list(train_shards)
         self.test_shards = _as_list(test_shards)
         self.split_tag = split_tag
@@ -195,14 +197,30 @@ class ShardDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         """Scan the shards of ``stage`` once (cached), check them, count the training samples."""
         if stage == "fit":
-            self.num_train = sum(self._check(s, TRAIN) for s in self._shard_sets(self.train_shards, "train"))
+            train_sets = self._shard_sets(self.train_shards, "train")
+            self.num_train = sum(self._check(s, TRAIN) for s in train_sets)
             if self.num_train == 0:
                 raise contract.ContractError(f"{self.train_shards}: no train samples under split tag "
                                              f"{self.split_tag!r}")
+            self._check_rankable(train_sets, TRAIN)
         for sets, split in self.eval_sources(stage):
             if sum(self._check(s, split) for s in sets) == 0:
                 raise contract.ContractError(f"{[s.directory for s in sets]}: no {split or 'any'} samples under "
                                              f"split tag {self.split_tag!r}")
+            if stage == "fit":
+                self._check_rankable(sets, split)
+
+    def _check_rankable(self, sets: list[ShardSet], split: str) -> None:
+        """Training needs MOS that differ, validation at least 2 samples with differing MOS: otherwise the
+        correlations (SRCC, PLCC) it is judged by are undefined. Refused before any work."""
+        mos = [info.mos for s in sets for _, info in s.samples() if info.splits.get(self.split_tag) == split]
+        where = f"{', '.join(s.directory for s in sets)} ({split} split of {self.split_tag!r})"
+        if split != TRAIN and len(mos) < 2:
+            raise contract.ContractError(f"{where}: {len(mos)} validation sample(s); SRCC and PLCC need at least 2: "
+                                         f"raise dataset.val_frac when annotating, or annotate more images")
+        if len(set(mos)) == 1:
+            raise contract.ContractError(f"{where}: all {len(mos)} samples have the same MOS ({mos[0]:g}), so "
+                                         f"quality cannot be ranked (SRCC undefined); check the labels")
 
     # ---------------------------------------------------------------- loaders
     def _world(self) -> tuple[int, int]:

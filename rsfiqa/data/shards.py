@@ -22,6 +22,7 @@ class SampleInfo:
     dataset: str
     mos_range: tuple[float, float]
     higher_better: bool
+    mos: float
 
 
 @lru_cache(maxsize=None)
@@ -36,7 +37,7 @@ def _scan_shard_cached(path: str, size: int, mtime_ns: int) -> tuple[SampleInfo,
             raise ShardError(f"{path}:{key}: unreadable JSON record ({err})") from err
         contract.validate_record(record, f"{path}:{key}")
         samples.append(SampleInfo(key, dict(record["splits"]), len(record["regions"]), record["dataset"],
-                                  tuple(record["mos_range"]), bool(record["higher_better"])))
+                                  tuple(record["mos_range"]), bool(record["higher_better"]), float(record["mos"])))
     return tuple(samples)
 
 

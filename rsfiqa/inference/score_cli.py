@@ -6,7 +6,9 @@ image extensions of ``contract.IMAGE_EXTS``, case-insensitive) or a glob pattern
 matches filtered by the same extensions). Files are scored in the given order, folders and
 globs in sorted order, each file once. Everything a folder holds is accounted for: a broken
 symbolic link with an image extension is an error line; files with other extensions are named in
-one ``note`` line; this run's ``--heatmap`` folder is never scanned (a note says so).
+one ``note`` line; this run's ``--heatmap`` folder is never scanned (a note says so), nor are files
+named ``*.heatmap.png`` met in a folder or glob (an earlier run's heatmaps; one note names them).
+``--labels`` rows are matched to the scored files by :mod:`rsfiqa.inference.labels`.
 
 Output (``--out``; default: CSV on stdout). One entry per scored image; images that could not be
 scored appear only on stderr.
@@ -24,7 +26,8 @@ annotator's view, not what the score used.
 Each result is written (and flushed) as soon as it exists, so an interrupted run keeps what was
 scored. ``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
 (``photos/sub/a.jpg`` -> ``DIR/sub/a.jpg.heatmap.png``): two inputs never share a heatmap. Outputs
-never overwrite inputs: ``--out``, ``--report`` or a heatmap naming a scanned input, and a
+never overwrite inputs: ``--out``, ``--report`` or a heatmap naming a scanned input (or ``--out``,
+``--report`` naming the ``--labels`` file), and a
 ``--heatmap`` folder that is (or holds) a scanned folder, are refused before any work, and so are
 output folders that are missing or not writable. A heatmap that cannot be written is that image's
 error line (its score row is still written, with an empty ``heatmap``).
@@ -35,7 +38,8 @@ error line (its score row is still written, with an empty ``heatmap``).
 Exit status: 0 every input scored; 1 nothing scored because of a setup problem (bad option,
 checkpoint, unavailable annotator, no image found, an output that would overwrite an input) or an
 output that failed part-way (a full disk), the reason in one line on stderr (``--debug``: the
-traceback); 2 some inputs could not be scored — one ``rsfiqa score: error: ...`` line each on
+traceback); 130 after Ctrl-C (the output, and the ``--report`` page if asked for, hold what was
+scored); 2 some inputs could not be scored — one ``rsfiqa score: error: ...`` line each on
 stderr — and the others were written.
 """
 from __future__ import annotations
@@ -47,7 +51,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
@@ -56,21 +59,21 @@ from tqdm import tqdm
 
 from rsfiqa.inference import pretrained
 from rsfiqa.inference.heatmap import render_heatmap
+from rsfiqa.inference.labels import LabelsError, match_labels, named, read_labels
 from rsfiqa.inference.report import ANNOTATOR_VIEW_NOTE, relative_link, report_entry, write_report
 from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored, Scorer, ScoringSetupError
 from rsfiqa_core import contract
 from rsfiqa_core.imageio import printable
-from rsfiqa_core.usererrors import naming_the_file, one_line, pop_debug, run_reporting
+from rsfiqa_core.usererrors import can_create_files, naming_the_file, one_line, pop_debug, run_reporting
 
 PROG = "rsfiqa score"
 EXIT_OK, EXIT_SETUP, EXIT_SOME_FAILED = 0, 1, 2
 CSV_COLUMNS = ("image", "score", "score_norm", "scale_dataset", "regions")
 OUTPUT_FORMATS = (".csv", ".json")
 GLOB_CHARS = set("*?[")
-EXPECTED_ERRORS = (ScoringSetupError, pretrained.PretrainedError, OSError)  # a user's to fix: one line
+EXPECTED_ERRORS = (ScoringSetupError, LabelsError, pretrained.PretrainedError, OSError)  # a user's to fix: one line
 ON_INTERRUPT = "the images scored so far are in the output"
 HEATMAP_SUFFIX = ".heatmap.png"
-NOTED_NAMES = 5  # file names shown in a note line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -151,6 +154,7 @@ class Scan:
         self.errors: list[str] = []
         self.other_files: list[Path] = []
         self.excluded: set[Path] = set()
+        self.heatmaps: list[Path] = []     # *.heatmap.png of an earlier run, met in a folder: not photos
 
     def add(self, path: Path) -> None:
         """One file or link met in a folder or glob: kept, an error, or noted (or passed over: an output folder)."""
@@ -162,6 +166,8 @@ class Scan:
                 self.errors.append(broken_link_error(path))
             else:
                 self.other_files.append(path)
+        elif path.name.endswith(HEATMAP_SUFFIX):
+            self.heatmaps.append(path)
         elif path.is_file():
             (self.files if is_image_name(path) else self.other_files).append(path)
 
@@ -171,11 +177,13 @@ class Scan:
 
     def notes(self) -> list[str]:
         notes = [f"not scanning {folder} (this run's --heatmap folder)" for folder in sorted(self.excluded)]
+        if self.heatmaps:
+            notes.append(f"skipped {len(self.heatmaps)} heatmap(s) of an earlier run (*{HEATMAP_SUFFIX}): "
+                         f"{named(self.heatmaps)} (name a file to score it anyway)")
         if self.other_files:
-            names = ", ".join(str(p) for p in self.other_files[:NOTED_NAMES])
-            more = f" and {len(self.other_files) - NOTED_NAMES} more" if len(self.other_files) > NOTED_NAMES else ""
-            notes.append(f"skipped {len(self.other_files)} file(s) without an image extension: {names}{more} "
-                         f"(scored extensions: {', '.join(contract.IMAGE_EXTS)}; name a file to score it anyway)")
+            notes.append(f"skipped {len(self.other_files)} file(s) without an image extension: "
+                         f"{named(self.other_files)} (scored extensions: {', '.join(contract.IMAGE_EXTS)}; name a "
+                         f"file to score it anyway)")
         return notes
 
 
@@ -279,15 +287,6 @@ def prepare_heatmap_folder(folder: Path, paths: Sequence[str]) -> Path:
     return folder
 
 
-def can_create_files(folder: Path) -> bool:
-    """Whether a file can be created in ``folder`` (tried: permissions alone miss read-only mounts)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
 def check_writable_file(option: str, path: Path) -> None:
     """An output file in an existing, writable folder (checked before any scoring work)."""
     folder = path.parent if str(path.parent) else Path(".")
@@ -304,6 +303,14 @@ def check_not_inputs(outputs: Iterable[tuple[str, Path]], files: Sequence[Path])
         if os.path.realpath(path) in inputs:
             raise ScoringSetupError(f"{option}: {path} is one of the images to score ({inputs[os.path.realpath(path)]})"
                                     f" and would be overwritten; choose another output name")
+
+
+def check_not_labels(outputs: Iterable[tuple[str, str]], labels: str | None) -> None:
+    """Refuse an output path that is the ``--labels`` file (it would be overwritten)."""
+    for option, path in outputs:
+        if labels is not None and os.path.realpath(path) == os.path.realpath(labels):
+            raise ScoringSetupError(f"{option} {path}: is the --labels file and would be overwritten; choose another "
+                                    f"output name")
 
 
 def caption(record: dict[str, Any], scorer: Scorer) -> str:
@@ -346,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
         check_report_path(Path(args.report))
     if args.out is not None:
         check_writable_file("--out", Path(args.out))
-    mos = read_labels(Path(args.labels)) if args.labels else None
+    labels = read_labels(Path(args.labels)) if args.labels else None
+    check_not_labels([(o, p) for o, p in (("--out", args.out), ("--report", args.report)) if p], args.labels)
     heatmap_dir = prepare_heatmap_folder(Path(args.heatmap), args.paths) if args.heatmap else None
     scan = scan_paths(args.paths, exclude=[heatmap_dir] if heatmap_dir else [])
     files, failures = scan.files, list(scan.errors)
@@ -359,6 +367,11 @@ def run(args: argparse.Namespace) -> int:
     heatmap_path = HeatmapNamer(heatmap_dir, files) if heatmap_dir else None
     check_not_inputs([(o, Path(p)) for o, p in (("--out", args.out), ("--report", args.report)) if p]
                      + [("--heatmap", heatmap_path(f)) for f in files if heatmap_path], files)
+    mos = None
+    if labels is not None:
+        matched = match_labels(labels, files, Path(args.labels))
+        tqdm.write(f"{PROG}: note: {matched.summary(Path(args.labels))}", file=sys.stderr)
+        mos = matched.mos
     scorer = load_scorer(args)
     scorer.workers = args.workers
     print(f"{PROG}: {scorer.scale.describe()}", file=sys.stderr)
@@ -379,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
                     failures.append(record["error"])
                     continue
                 if mos is not None:
-                    record["mos"] = mos.get(Path(record["image"]).name)
+                    record["mos"] = mos.get(by_name.get(record["image"]))
                 if heatmap_path is not None:
                     source = by_name.get(record["image"], Path(record["image"]))
                     problem = add_heatmap(scored, heatmap_path(source), scorer, args.attn_token)
@@ -390,15 +403,21 @@ def run(args: argparse.Namespace) -> int:
                     link = relative_link(record["heatmap"], args.report) if record.get("heatmap") else None
                     entries.append(report_entry(record, scored.rgb, scored.label_map, record.get("mos"), link))
                 writer.write(record)
-        except KeyboardInterrupt:  # what was scored stays a valid file
+        except KeyboardInterrupt:  # what was scored stays a valid file, and is in the report
             writer.close()
+            finish_report(args, scorer, entries, failures)
             raise
         writer.close()
+    finish_report(args, scorer, entries, failures)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def finish_report(args: argparse.Namespace, scorer: Scorer, entries: list, failures: list[str]) -> None:
+    """Write ``--report`` (if asked for) for the images scored."""
     if args.report is not None:
         page = write_report(args.report, entries, f"RSFIQA scores of {len(entries)} photos", scorer.scale.describe(),
                             model_description(args, scorer), failures, overlay_note(scorer))
         print(f"{PROG}: report: {page}", file=sys.stderr)
-    return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
 def load_scorer(args: argparse.Namespace) -> Scorer:
@@ -430,21 +449,6 @@ def check_report_path(path: Path) -> None:
     if path.suffix.lower() not in (".html", ".htm"):
         raise ScoringSetupError(f"--report {path}: the file name must end in .html")
     check_writable_file("--report", path)
-
-
-def read_labels(path: Path) -> dict[str, float]:
-    """``--labels``: image file name -> MOS, from a CSV with columns ``image`` and ``mos``."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ScoringSetupError(f"--labels {path}: cannot be read ({err})") from err
-    if not rows or not {"image", "mos"} <= set(rows[0]):
-        raise ScoringSetupError(f"--labels {path}: needs the columns 'image' and 'mos'")
-    try:
-        return {Path(row["image"]).name: float(row["mos"]) for row in rows}
-    except ValueError as err:
-        raise ScoringSetupError(f"--labels {path}: a 'mos' value is not a number ({err})") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:

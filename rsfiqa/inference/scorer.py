@@ -44,6 +44,7 @@ exactly as they are.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -478,6 +479,9 @@ class Scorer:
         attention = None if attn_token is None else token_attention(out["rsa_attn"], out["grid"], attn_token)
         scored = []
         for i, (item, score_norm) in enumerate(zip(items, scores)):
+            if not math.isfinite(score_norm):
+                scored.append(Scored(self.error_record(item.name, non_finite_prediction(item.name, score_norm))))
+                continue
             regions = (None if item.annotation is None
                        else [{**r, "text": t} for r, t in zip(item.annotation.regions, texts[i])])
             record = {"image": item.name, "score": self.scale.to_mos(score_norm), "score_norm": score_norm,
@@ -490,6 +494,12 @@ class Scorer:
     def error_record(self, name: str, error: str) -> dict[str, Any]:
         return {"image": name, "score": None, "score_norm": None, "scale_dataset": self.scale.dataset,
                 "regions": [] if self.annotates else None, "error": error}
+
+
+def non_finite_prediction(name: str, score_norm: float) -> str:
+    """The error of an image whose prediction is not a number: never written as a score."""
+    return (f"{name}: the model predicted {score_norm} (not a finite number; its weights or this image's features "
+            f"hold NaN/inf); no score written")
 
 
 def check_token(token: tuple[int, int], grid: tuple[int, int]) -> None:

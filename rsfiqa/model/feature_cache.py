@@ -15,6 +15,11 @@ cannot be hit. A text entry is addressed by the digest of the string. Entries li
 each ``load_state_dict``; encoders with other weights never share entries. One file per entry,
 written to a temporary name and renamed (atomic), so several runs may fill one directory at once.
 
+Verification. Each entry stores a BLAKE2b digest of its address and its tensors (:func:`entry_digest`);
+an entry that is empty, truncated, bit-flipped or copied under another address is a
+:class:`CacheEntryError` naming the file and saying to delete it, never a silent NaN. Entries of the
+earlier, undigested format live under another namespace (:data:`ENTRY_FORMAT`) and are never read.
+
 Attaching. ``attach`` replaces a method of the encoder *instance* (``Backbone.forward``,
 ``TextEncoder.encode``; the pattern of ``accelerate``'s module hooks): parameter names, checkpoints
 and the rest of :class:`~rsfiqa.model.net.RSFIQANet` stay untouched.
@@ -30,16 +35,18 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from rsfiqa_core.digests import tensor_bytes
+
 from .backbone import Backbone
 from .text import TextEncoder
 
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 NAMESPACE_CHARS = 16
+ENTRY_FORMAT = "entry/2"  # entries hold {"tensors", "digest"}; part of the namespace
 
 
-def tensor_bytes(tensor: Tensor) -> memoryview:
-    """The raw bytes of a tensor (any dtype, any shape), copied to the CPU only where needed."""
-    return memoryview(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+class CacheEntryError(RuntimeError):
+    """A cache entry that cannot be used; the message names the file and says to delete it."""
 
 
 def input_digest(image: Tensor) -> str:
@@ -52,6 +59,15 @@ def input_digest(image: Tensor) -> str:
 def text_digest(text: str) -> str:
     """Content address of one region description."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=20).hexdigest()
+
+
+def entry_digest(address: str, tensors: Sequence[Tensor]) -> str:
+    """BLAKE2b of an entry's address and each tensor's dtype, shape and bytes."""
+    h = hashlib.blake2b(f"{address}|".encode(), digest_size=16)
+    for tensor in tensors:
+        h.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor_bytes(tensor))
+    return h.hexdigest()
 
 
 def module_namespace(module: nn.Module, identity: str) -> str:
@@ -87,7 +103,8 @@ class DiskCache:
         """``<directory>/<namespace>-<kind>``, from the weights the encoder holds when first used
         (a checkpoint is loaded after the model is built, before its first forward)."""
         if self._root is None:
-            self._root = self.directory / f"{module_namespace(self.weights, self.identity)}-{self.kind}"
+            namespace = module_namespace(self.weights, f"{ENTRY_FORMAT}|{self.identity}")
+            self._root = self.directory / f"{namespace}-{self.kind}"
         return self._root
 
     def forget_namespace(self, module: object = None, incompatible_keys: object = None) -> None:
@@ -98,14 +115,20 @@ class DiskCache:
         return self.root / digest[:2] / f"{digest}.pt"
 
     def load(self, digest: str) -> list[Tensor] | None:
-        """The stored tensors of one input, or None when absent."""
+        """The stored tensors of one input (verified against their digest), or None when absent."""
         path = self.path(digest)
         if not path.is_file():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError) as err:
-            raise RuntimeError(f"cache entry {path} cannot be read ({err}); delete it to recompute") from err
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            intact = entry["digest"] == entry_digest(digest, entry["tensors"])
+        except Exception as err:  # noqa: BLE001 -- empty, truncated or foreign bytes raise many types
+            raise CacheEntryError(f"cache entry {path} cannot be read ({type(err).__name__}); delete it to have it "
+                                  f"recomputed") from err
+        if not intact:
+            raise CacheEntryError(f"cache entry {path} does not match its digest (damaged on disk); delete it to "
+                                  f"have it recomputed")
+        return entry["tensors"]
 
     def store(self, digest: str, tensors: Sequence[Tensor]) -> list[Tensor]:
         """Write one input's tensors, rounded to the store dtype, atomically (temporary file, then
@@ -115,7 +138,7 @@ class DiskCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            torch.save(rounded, f)
+            torch.save({"tensors": rounded, "digest": entry_digest(digest, rounded)}, f)
         os.replace(tmp, path)
         return rounded
 

@@ -41,7 +41,7 @@ from annotate.describe.parsing import (digit_expectation, parse_content, parse_l
 from annotate.describe.prompts import (LEVEL_ANSWER_PREFIX, SCORE_ANSWER_PREFIX, build_conversation,  # noqa: E402
                                        question_kinds)
 from annotate.segment.postprocess import postprocess  # noqa: E402
-from rsfiqa_core.contract import (CHECKSUMS_KEY, DIMENSIONS, JSON_KEY, LEVELS, decode_sample,  # noqa: E402
+from rsfiqa_core.contract import (CHECKSUMS_KEY, DIMENSIONS, LEVELS, decode_sample,  # noqa: E402
                                   empty_region, encode_sample, make_record, region_text, sample_key)
 from rsfiqa_core.imageio import load_rgb  # noqa: E402
 from tests.tiny_qwen import save_tiny_qwen  # noqa: E402
@@ -133,7 +133,7 @@ def contract_record(rgb_path: Path, seg, descriptions, annotator) -> dict:
     sample = encode_sample(sample_key("demo", rgb_path.name), rgb_path.read_bytes(), rgb_path.name,
                            seg.label_map, record)
     decoded = decode_sample(sample)  # verifies the member checksums encode_sample added
-    assert set(decoded["record"].pop(CHECKSUMS_KEY)) == {k for k in sample if k not in ("__key__", JSON_KEY)}
+    assert set(decoded["record"].pop(CHECKSUMS_KEY)) == {k for k in sample if k != "__key__"}
     assert decoded["record"] == json.loads(json.dumps(record))
     assert np.array_equal(decoded["label_map"], seg.label_map)
     return decoded["record"]
