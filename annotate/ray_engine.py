@@ -293,8 +293,9 @@ class RayEngine:
         if not todo:
             return
         expected, seen = {key for key, _ in todo}, set()
+        rows = iter(self.dataset(todo, annotator, record, cfg, clock.summary.workers).iter_rows())
         try:
-            for row in self.dataset(todo, annotator, record, cfg, clock.summary.workers).iter_rows():
+            for row in rows:
                 item = pickle.loads(row[COLUMN])
                 if item.key in seen or item.key not in expected:
                     raise AnnotateError(f"the Ray engine returned {item.key} twice or unasked; finished shards are "
@@ -306,6 +307,8 @@ class RayEngine:
             cause = root_cause(err)
             raise AnnotateError(f"the Ray engine failed: {type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
                                 f"; finished shards are kept: rerun to resume") from err
+        finally:
+            rows.close()  # stops the Ray Data execution and its actors now, not when collected
         missing = sorted(expected - seen)
         if missing:
             raise AnnotateError(f"the Ray engine returned no result for {len(missing)} sample(s), e.g. {missing[0]}; "
@@ -319,6 +322,8 @@ class RayEngine:
         rows = [{COLUMN: blob} for blob in pack([Item(key, sample) for key, sample in todo])[COLUMN]]
         ds = data.from_items(rows, override_num_blocks=ceil(len(todo) / cfg.batch_size))
         ds.context.execution_options.preserve_order = True
+        ds.context.print_on_execution_start = False  # the run has its own progress bar and summary
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         for actor, needs in stages(annotator, self.ray.cluster_resources()):
             ds = ds.map_batches(actor, fn_constructor_args=(config, record), batch_size=cfg.batch_size,
                                 compute=data.ActorPoolStrategy(size=workers), **needs)
