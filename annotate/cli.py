@@ -114,9 +114,14 @@ def make_engine(args: argparse.Namespace) -> Engine:
     return LocalEngine(args.workers)
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; options and ``key=value`` overrides in any order (``make annotate ARGS=...``)."""
+    return build_parser().parse_intermixed_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_intermixed_args(argv)
+    args = parse_args(argv)
 
     def run() -> int:
         part = choose_part(args.part, os.environ)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from annotate.cli import build_parser, choose_part, main as annotate_main, slurm_part
+from annotate.cli import choose_part, main as annotate_main, parse_args, slurm_part
 from annotate.config import ConfigError
 from test_annotate_pipeline import make_tiny_dataset
 
@@ -43,6 +43,6 @@ def test_a_slurm_task_annotates_its_part_and_says_so_first(tmp_path, monkeypatch
 
 def test_make_annotate_args_may_mix_options_and_overrides():
     # make annotate: ... --config C ARGS, where ARGS may hold overrides and options in any order
-    args = build_parser().parse_intermixed_args(["--dataset", "csv", "--root", "r", "--out", "o", "--config", "c",
-                                                 "a=1", "--engine=ray", "b=2", "--ray-address", "auto"])
-    assert (args.engine, args.ray_address, args.overrides, args.part) == ("ray", "auto", ["a=1", "b=2"], None)
+    args = parse_args(["--dataset", "csv", "--root", "r", "--out", "o", "--config", "c",
+                       "a=1", "--engine=ray", "b=2", "--ray-address", "auto", "c=3"])
+    assert (args.engine, args.ray_address, args.overrides, args.part) == ("ray", "auto", ["a=1", "b=2", "c=3"], None)
