@@ -14,10 +14,13 @@ import ray
 import raycomponents
 from annotate import ray_engine
 from annotate.cli import main as annotate_main
+from annotate.config import AnnotateError
 from annotate.describe import DESCRIBERS
 from annotate.pipeline import LocalEngine, annotate
 from annotate.ray_engine import RayEngine
+from annotate.registry import component_record
 from annotate.segment import SEGMENTERS
+from annotate.segment.classical import ClassicalSegmenter
 from annotate.writer import completed_shards
 from rsfiqa_core.tars import tar_members
 from test_annotate_pipeline import config, make_tiny_dataset
@@ -73,6 +76,13 @@ def test_an_unreachable_ray_address_is_one_line(photos, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "--ray-address 127.0.0.1:1: cannot reach a Ray cluster" in err
     assert not ray.is_initialized()
+
+
+def test_a_worker_whose_component_differs_from_the_drivers_is_refused():
+    recorded = {"segmenter": component_record(ClassicalSegmenter(num_regions=5))}
+    ray_engine.check_record("segmenter", ClassicalSegmenter(num_regions=5), recorded)
+    with pytest.raises(AnnotateError, match="segmenter built on Ray node .* n_segments: 200 -> 150"):
+        ray_engine.check_record("segmenter", ClassicalSegmenter(num_regions=5, n_segments=150), recorded)
 
 
 def config_overrides(*extra: str) -> list[str]:
