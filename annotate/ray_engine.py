@@ -320,7 +320,9 @@ class RayEngine:
         data = self.ray.data
         config = OmegaConf.to_container(cfg, resolve=True)
         rows = [{COLUMN: blob} for blob in pack([Item(key, sample) for key, sample in todo])[COLUMN]]
-        ds = data.from_items(rows, override_num_blocks=ceil(len(todo) / cfg.batch_size))
+        blocks = ceil(len(todo) / cfg.batch_size)
+        workers = min(workers, blocks)  # an actor without a batch would only start up
+        ds = data.from_items(rows, override_num_blocks=blocks)
         ds.context.execution_options.preserve_order = True
         ds.context.print_on_execution_start = False  # the run has its own progress bar and summary
         logging.getLogger("ray.data").setLevel(logging.WARNING)
