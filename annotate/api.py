@@ -4,7 +4,9 @@ record them, with annotators rebuilt from a shard's ``annotator`` record.
 ``Annotator.annotate`` is the one place where a batch is annotated: segment the batch (image by
 image when the batch raises), describe it (the same), at the annotation resolution
 (``image.downscale_long_side``), then the label map is brought back to each image's size and the
-contract's region entries are built.
+contract's region entries are built. Its two halves, :func:`segment_stage` and
+:func:`describe_stage`, are what an engine running the stages on different workers calls
+(``annotate.ray_engine``).
 """
 from __future__ import annotations
 
@@ -151,23 +153,37 @@ class Annotator:
     def annotate(self, images: Sequence[np.ndarray], monitor: Monitor | None = None) -> list[Annotation | Failure]:
         """One :class:`Annotation` or :class:`Failure` per RGB uint8 image, in order (module docstring)."""
         monitor = monitor or Monitor()
-        indices = list(range(len(images)))
-        with monitor.stage("segment", len(images)):
-            small = [downscale(rgb, self.long_side) for rgb in images]
-            segs = batch_or_each("segment", lambda ims: segment_images(self.segmenter, ims), small, indices, monitor)
-        ok = [i for i in indices if not isinstance(segs[i], Failure)]
-        with monitor.stage("describe", len(ok)):
-            descs = batch_or_each("describe", lambda pairs: self.describer.describe([p[0] for p in pairs],
-                                                                                    [p[1] for p in pairs]),
-                                  [(small[i], segs[i]) for i in ok], ok, monitor)
-        out: list[Annotation | Failure] = []
-        for i, rgb in enumerate(images):
-            result = descs.get(i, segs[i])
-            if not isinstance(result, Failure):
-                seg = resize_segmentation(segs[i], rgb.shape[:2])
-                result = Annotation(seg.label_map, region_records(seg, result))
-            out.append(result)
-        return out
+        small, segs = segment_stage(self.segmenter, self.long_side, images, monitor)
+        return describe_stage(self.describer, [rgb.shape[:2] for rgb in images], small, segs, monitor)
+
+
+def segment_stage(segmenter: Segmenter, long_side: int | None, images: Sequence[np.ndarray],
+                  monitor: Monitor) -> tuple[list[np.ndarray], list[Segmentation | Failure]]:
+    """The first half of :meth:`Annotator.annotate`: the images at the annotation resolution and, per
+    image, its segmentation or :class:`Failure` (an engine may run the halves on different workers)."""
+    indices = list(range(len(images)))
+    with monitor.stage("segment", len(images)):
+        small = [downscale(rgb, long_side) for rgb in images]
+        segs = batch_or_each("segment", lambda ims: segment_images(segmenter, ims), small, indices, monitor)
+    return small, [segs[i] for i in indices]
+
+
+def describe_stage(describer: Describer, shapes: Sequence[tuple[int, int]], small: Sequence[np.ndarray],
+                   segs: Sequence[Segmentation | Failure], monitor: Monitor) -> list[Annotation | Failure]:
+    """The second half of :meth:`Annotator.annotate`: describe the segmented images of
+    :func:`segment_stage` and bring each label map back to its image's size ``shapes[i]``."""
+    ok = [i for i, seg in enumerate(segs) if not isinstance(seg, Failure)]
+    with monitor.stage("describe", len(ok)):
+        descs = batch_or_each("describe", lambda pairs: describer.describe([p[0] for p in pairs], [p[1] for p in pairs]),
+                              [(small[i], segs[i]) for i in ok], ok, monitor)
+    out: list[Annotation | Failure] = []
+    for i, shape in enumerate(shapes):
+        result = descs.get(i, segs[i])
+        if not isinstance(result, Failure):
+            seg = resize_segmentation(segs[i], shape)
+            result = Annotation(seg.label_map, region_records(seg, result))
+        out.append(result)
+    return out
 
 
 def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -2,7 +2,12 @@
 
     python -m annotate --dataset koniq --root /data/koniq10k --out shards/koniq \
         [--config configs/annotate/paper.yaml] [--part i/N] [--limit N] [--force-new] [--redo-changed] \
+        [--workers N] [--engine local|ray] [--ray-address auto|HOST:PORT] \
         [segmenter.checkpoint=/models/sam_vit_h_4b8939.pth batch_size=16 ...]
+
+Without ``--part``, a SLURM job step takes its part from ``SLURM_ARRAY_TASK_ID`` /
+``SLURM_ARRAY_TASK_COUNT`` (an array job; ids counted from ``SLURM_ARRAY_TASK_MIN``), else from
+``SLURM_PROCID`` / ``SLURM_NTASKS`` (``srun`` tasks), and says so in its first line.
 
 Exit status 0 when the run completes (skipped samples are reported, not fatal); 1 with a
 one-line message for an expected error (missing label file, settings mismatch, bad config, full
@@ -12,15 +17,16 @@ disk); 130 with one line after Ctrl-C (finished shards are kept; the same comman
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
-from annotate.config import AnnotateError, load_config
+from annotate.config import AnnotateError, ConfigError, load_config
 from annotate.datasets import DatasetError
 from annotate.describe.backends import MissingExtraError
-from annotate.pipeline import annotate, parse_part
+from annotate.pipeline import Engine, LocalEngine, annotate, parse_part
 from rsfiqa_core.contract import ContractError
 from rsfiqa_core.imageio import ImageError
 from rsfiqa_core.usererrors import SettingError, pop_debug, run_reporting
@@ -48,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="shard directory (created; a rerun resumes it)")
     p.add_argument("--config", default=None, help="annotation YAML (default configs/annotate/offline.yaml; "
                                                    "relative paths are also looked up in the repository)")
-    p.add_argument("--part", default="0/1", help="i/N: annotate every N-th sample from the i-th (default 0/1)")
+    p.add_argument("--part", default=None, help="i/N: annotate every N-th sample from the i-th (default: from "
+                                                 "SLURM's array or task variables, else 0/1)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples in key order (trials)")
     p.add_argument("--force-new", action="store_true",
                    help="delete the shards already in --out instead of refusing other settings")
@@ -61,20 +68,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="processes that segment and describe (default: one per CPU core; 1 with a GPU model); "
-                        "the shards are byte-identical whatever the number")
+                        "the shards are byte-identical whatever the number; with --engine ray: actors per stage "
+                        "(default: as many as the cluster holds)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine; ray: Ray Data actor pools on a Ray cluster (pip install 'rsfiqa[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="with --engine ray: auto (a cluster started with `ray start`) or HOST:PORT "
+                        "(default: RAY_ADDRESS, else a local cluster for this run)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. segmenter.name=sam")
     return p
 
 
+SLURM_PARTS = (("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"), ("SLURM_PROCID", "SLURM_NTASKS"))
+
+
+def slurm_part(environ: Mapping[str, str]) -> tuple[tuple[int, int], str] | None:
+    """(i, N) and the variables it came from, for a SLURM array task or ``srun`` task; None outside SLURM."""
+    for index_var, count_var in SLURM_PARTS:
+        if index_var in environ and count_var in environ:
+            first = int(environ.get("SLURM_ARRAY_TASK_MIN", 0)) if index_var == "SLURM_ARRAY_TASK_ID" else 0
+            i, n = int(environ[index_var]) - first, int(environ[count_var])
+            if not 0 <= i < n:
+                raise ConfigError(f"{index_var}={environ[index_var]} with {count_var}={n} is no part i/N (use a "
+                                  f"contiguous --array=0-{n - 1}, or pass --part)")
+            return (i, n), f"{index_var}/{count_var}"
+    return None
+
+
+def choose_part(text: str | None, environ: Mapping[str, str]) -> tuple[int, int]:
+    """``--part``, else the SLURM part (announced on stdout), else 0/1."""
+    if text is not None:
+        return parse_part(text)
+    found = slurm_part(environ)
+    if found is None:
+        return 0, 1
+    (i, n), source = found
+    print(f"annotate: part {i}/{n} from {source} (pass --part to choose another)", flush=True)
+    return i, n
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    if args.engine == "ray":
+        from annotate.ray_engine import RayEngine  # Ray is an optional extra, imported only when asked for
+
+        return RayEngine(args.ray_address, args.workers)
+    if args.ray_address is not None:
+        raise ConfigError("--ray-address needs --engine ray")
+    return LocalEngine(args.workers)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; options and ``key=value`` overrides in any order (``make annotate ARGS=...``)."""
+    return build_parser().parse_intermixed_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
 
     def run() -> int:
+        part = choose_part(args.part, os.environ)
         cfg = load_config(args.config, args.overrides)
-        summary = annotate(args.dataset, args.root, args.out, cfg, part=parse_part(args.part), limit=args.limit,
+        summary = annotate(args.dataset, args.root, args.out, cfg, part=part, limit=args.limit,
                            force_new=args.force_new, progress=not args.no_progress,
-                           redo_changed=args.redo_changed, workers=args.workers, drop_removed=args.drop_removed)
+                           redo_changed=args.redo_changed, drop_removed=args.drop_removed, engine=make_engine(args))
         print(summary.report())
         return 0
 

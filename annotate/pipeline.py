@@ -48,11 +48,11 @@ import json
 import os
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Mapping, NamedTuple, Protocol, Sequence, TypeVar
 
 import numpy as np
 from omegaconf import DictConfig
@@ -77,6 +77,7 @@ from annotate.writer import (
     stored_records,
     summary_path,
 )
+from rsfiqa_core.components import Describer, Segmenter
 from rsfiqa_core.contract import (
     CHECKSUMS_KEY,
     CONTRACT_VERSION,
@@ -122,6 +123,7 @@ class Summary:
     stage_images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     wall_seconds: float = 0.0
     workers: int = 1              # annotation processes (stage seconds are summed over them)
+    engine: str = "local"         # "local" (this machine) or "ray" (workers = actors per stage)
     shards_written: list[str] = field(default_factory=list)
     discarded_temp_files: list[str] = field(default_factory=list)
     index_count: int = 0
@@ -150,8 +152,8 @@ class Summary:
         lines = [f"annotate {self.dataset} part {self.part} -> {self.out}",
                  f"  selected {self.selected}, already done {self.already_done}, written {self.written}, "
                  f"skipped {len(self.skipped)}; index.json now counts {self.index_count} samples",
-                 f"  wall {self.wall_seconds:.1f}s ({self.workers} annotation process(es), stage seconds summed "
-                 f"over them); {stages}"]
+                 f"  wall {self.wall_seconds:.1f}s ({self.workers} annotation process(es)"
+                 f"{' per stage on Ray' if self.engine == 'ray' else ''}, stage seconds summed over them); {stages}"]
         lines += [f"  redone (inputs changed): {item}" for item in self.redone[:REPORTED_SKIPS]]
         lines += [f"  removed (label row or image gone): {item}" for item in self.removed[:REPORTED_SKIPS]]
         lines += [f"  skipped x{n}: {reason}" for reason, n in self.skipped_by_reason().items()]
@@ -308,6 +310,16 @@ def built(what: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise ConfigError(f"{what}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
 
 
+def make_segmenter(cfg: DictConfig) -> Segmenter:
+    """The segmenter of ``cfg`` (``segmenter`` section + ``num_regions``)."""
+    return built("segmenter", build_segmenter, {**section(cfg, "segmenter"), "num_regions": cfg.num_regions})
+
+
+def make_describer(cfg: DictConfig) -> Describer:
+    """The describer of ``cfg`` (``describer`` section)."""
+    return built("describer", build_describer, section(cfg, "describer"))
+
+
 # --------------------------------------------------------------------------- annotator record
 def package_versions() -> dict[str, str | None]:
     """Installed versions of :data:`VERSIONED_PACKAGES` (None when absent)."""
@@ -419,6 +431,14 @@ class PipelineMonitor(Monitor):
         self.guard.passed()
 
 
+def write_sample(sample: Mapping[str, bytes], regions: Sequence[Mapping[str, Any]], writer: PartShardWriter,
+                 summary: Summary) -> None:
+    """Write one encoded sample (:func:`build_sample`) and count it and its regions in ``summary``."""
+    count_missing(regions, summary)
+    writer.write(sample)
+    summary.written += 1
+
+
 def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator | AnnotatorPool, writer: PartShardWriter,
                    record: Mapping[str, Any], cfg: DictConfig, clock: StageClock, guard: FailureGuard) -> None:
     """Load, segment, describe and write one batch of samples."""
@@ -429,19 +449,56 @@ def annotate_batch(batch: Sequence[tuple[str, Sample]], annotator: Annotator | A
     done = [(image, result) for image, result in zip(loaded, results) if isinstance(result, Annotation)]
     with clock.stage("write", len(done)):
         for image, annotation in done:
-            count_missing(annotation.regions, summary)
-            writer.write(build_sample(image, annotation, record))
-            summary.written += 1
+            write_sample(build_sample(image, annotation, record), annotation.regions, writer, summary)
+
+
+class Engine(Protocol):
+    """Where segmentation and description run: :class:`LocalEngine`, or ``annotate.ray_engine.RayEngine``."""
+
+    name: str
+
+    def processes(self, annotator: Annotator) -> int:
+        """Annotation processes (Ray: actors per stage) the run uses."""
+
+    def run(self, todo: Sequence[tuple[str, Sample]], annotator: Annotator, writer: PartShardWriter,
+            record: Mapping[str, Any], cfg: DictConfig, clock: StageClock, guard: FailureGuard) -> Iterator[int]:
+        """Annotate and write every sample of ``todo`` (skips go to ``clock.summary``); yields the
+        number of samples finished since the last yield."""
+
+
+class LocalEngine:
+    """This machine: one process, or ``workers`` processes (``None``: one per core; :mod:`annotate.parallel`)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = 1) -> None:
+        self.workers = workers
+
+    def processes(self, annotator: Annotator) -> int:
+        return worker_count(annotator, self.workers)
+
+    def run(self, todo: Sequence[tuple[str, Sample]], annotator: Annotator, writer: PartShardWriter,
+            record: Mapping[str, Any], cfg: DictConfig, clock: StageClock, guard: FailureGuard) -> Iterator[int]:
+        workers = clock.summary.workers
+        runner = AnnotatorPool(annotator, workers) if workers > 1 else nullcontext(annotator)
+        clock.summary.workers = getattr(runner, "workers", 1)  # the pool caps it at the cores
+        with runner as annotating:
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start:start + cfg.batch_size]
+                annotate_batch(batch, annotating, writer, record, cfg, clock, guard)
+                yield len(batch)
 
 
 # --------------------------------------------------------------------------- the run
 def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, part: tuple[int, int] = (0, 1),
              limit: int | None = None, force_new: bool = False, progress: bool = True,
-             redo_changed: bool = False, workers: int | None = 1, drop_removed: bool = False) -> Summary:
+             redo_changed: bool = False, workers: int | None = 1, drop_removed: bool = False,
+             engine: Engine | None = None) -> Summary:
     """Annotate part ``part`` = (i, N) of ``dataset`` at ``root`` into the shard directory ``out``;
     ``redo_changed``: annotate finished samples whose inputs changed again instead of refusing;
     ``drop_removed``: take finished samples whose inputs are gone out of the shards instead of refusing;
-    segment and describe in ``workers`` processes (``None``: one per core; :mod:`annotate.parallel`)."""
+    segment and describe on ``engine``, by default :class:`LocalEngine` with ``workers`` processes
+    (``None``: one per core; :mod:`annotate.parallel`)."""
     t_start = time.perf_counter()
     out = check_output_folder("--out", out)  # before any work
     adapter = built(f"dataset {dataset!r}", get_adapter, dataset, **section(cfg, "dataset"))
@@ -453,9 +510,7 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     record_source(ordered, Path(root))
     selected = select_part(ordered, part, limit)
 
-    segmenter = built("segmenter", build_segmenter, {**section(cfg, "segmenter"), "num_regions": cfg.num_regions})
-    describer = built("describer", build_describer, section(cfg, "describer"))
-    annotator = Annotator(segmenter, describer, cfg.image.downscale_long_side)
+    annotator = Annotator(make_segmenter(cfg), make_describer(cfg), cfg.image.downscale_long_side)
     record = annotator_info(annotator, cfg)
     clip_token_count("")  # loads region_text's tokenizer (imports open_clip) before the stage clocks run
 
@@ -464,8 +519,9 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
     claim_settings(out, settings_fingerprint(name, cfg, record))
 
     prefix = part_prefix(name, *part)
+    engine = engine or LocalEngine(workers)
     summary = Summary(dataset=name, part=f"{part[0]}/{part[1]}", out=str(out), selected=len(selected),
-                      workers=worker_count(annotator, workers))
+                      workers=engine.processes(annotator), engine=engine.name)
     summary.skipped += [{"item": s.item, "reason": s.reason, "stage": "labels"}
                         for s in [*adapter_skips, *duplicate_skips, *content_skips]]
     with part_lock(out, prefix):
@@ -487,13 +543,10 @@ def annotate(dataset: str, root: str | Path, out: str | Path, cfg: DictConfig, p
         todo = [(k, s) for k, s in selected if k not in done]
         summary.already_done = len(selected) - len(todo)
         clock, guard = StageClock(summary), FailureGuard()
-        runner = AnnotatorPool(annotator, summary.workers) if summary.workers > 1 else nullcontext(annotator)
-        summary.workers = getattr(runner, "workers", 1)  # the pool caps it at the cores
-        with writer, runner as annotating, tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
-            for start in range(0, len(todo), cfg.batch_size):
-                batch = todo[start:start + cfg.batch_size]
-                annotate_batch(batch, annotating, writer, record, cfg, clock, guard)
-                bar.update(len(batch))
+        with writer, closing(engine.run(todo, annotator, writer, record, cfg, clock, guard)) as batches, \
+                tqdm(total=len(todo), unit="img", desc=prefix, disable=not progress) as bar:
+            for count in batches:
+                bar.update(count)
                 bar.set_postfix_str(clock.rates(), refresh=False)
         summary.shards_written = [p.name for p in writer.completed]
         shards = rebuild_index(out, name, record)

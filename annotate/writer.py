@@ -298,10 +298,11 @@ class PartShardWriter:
     def abort(self) -> None:
         """Drop the unfinished shard."""
         if self._file is not None:
-            with suppress(OSError, ValueError):  # the tar stream closed now, so garbage collection never retries
-                self._tar.close()            # its flush (that printed a traceback after the one-line error)
-            with suppress(OSError):  # closing flushes: on a full disk that fails too, and the file goes anyway
-                self._file.close()
+            # closing flushes: on a full disk that fails too, and the file goes anyway. The tar is closed
+            # first, so its end-of-archive blocks are not written later, by its finaliser, to a closed file.
+            for closable in (self._tar, self._file):
+                with suppress(OSError, ValueError):
+                    closable.close()
             self._temp_path().unlink(missing_ok=True)
         self._tar = self._file = None
         self._count = self._size = 0
