@@ -120,13 +120,13 @@ def backbone_run(scorer: Any, images: int, batch: int) -> dict[str, float]:
 def scoring_run(scorer: Any, photos: list[Path], batch: int, workers: int, heatmaps: Path | None) -> dict[str, Any]:
     """One `rsfiqa score`-like pass: wall seconds, stage seconds (+ write, + heatmap)."""
     from rsfiqa.inference.heatmap import render_heatmap
-    from rsfiqa.inference.score_cli import ResultWriter
+    from rsfiqa.inference.outputs import CSV_COLUMNS, CsvRows
     from rsfiqa.inference.scorer import StageTimes
 
     scorer.workers, scorer.times = workers, StageTimes()
     if scorer.net.text_encoder is not None:
         scorer.net.text_encoder._cache.clear()  # every run encodes its descriptions, as a first run does
-    writer, write_s, heatmap_s = ResultWriter(io.StringIO(), ".csv", heatmaps=heatmaps is not None), 0.0, 0.0
+    writer, write_s, heatmap_s = CsvRows(io.StringIO(), CSV_COLUMNS, "<memory>"), 0.0, 0.0
     t0, c0 = time.perf_counter(), cpu_seconds()
     for i, scored in enumerate(scorer.iter_scored(photos, batch, keep_arrays=heatmaps is not None)):
         if scored.record["error"] is not None:
