@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from rsfiqa.inference.scorer import Scored, Scorer, ScoringSetupError
 from rsfiqa_core.usererrors import one_line
 
 INSTALL_HINT = "pip install 'rsfiqa[ray]'"
+PROBE_TIMEOUT_S = 5.0  # a cluster address that takes no connection within this is reported at once
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,33 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    problem = unreachable(address) if address else None
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        if problem is None:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as err:
+        problem = one_line(err)
+    if problem is not None:
         where = f"--ray-address {address}" if address else "a new local Ray cluster"
-        raise ScoringSetupError(f"{where}: cannot connect ({one_line(err)}); start the cluster with "
-                                f"`ray start --head` and give the address of its head node") from None
+        raise ScoringSetupError(f"{where}: cannot connect ({problem}); start the cluster with `ray start --head` "
+                                f"and give the address of its head node")
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def unreachable(address: str) -> str | None:
+    """Why ``HOST:PORT`` (or ``ray://HOST:PORT``) takes no TCP connection within :data:`PROBE_TIMEOUT_S`,
+    or None (also for ``auto`` and ``local``, which Ray resolves itself): Ray would retry for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"{host}:{port}: {one_line(err)}"
+    return None
 
 
 def cluster_cpus() -> int:
