@@ -50,18 +50,20 @@ CLIVE_OVERRIDES = ("dataset.mos_range=[0,100]",)
 PARTS = ("scoring", "heatmaps", "annotation", "memory")
 FULL_DATASET = 930  # clive-dev photos, for the annotation extrapolation
 TARGETS = {"scoring": 0.5, "heatmap_s": 0.1, "annotation_s": 120.0, "memory_gb": 2.0}
-# A fresh process scores one image with the CLI and prints its peak RSS (kB) and wall seconds. Linux's
-# VmHWM is this process's own peak; ru_maxrss would include the benchmark's RSS at fork (kept across exec).
+# A fresh process runs `rsfiqa score ARGS` (its command-line arguments) and prints its peak RSS (kB), the
+# largest peak of its child processes (annotation workers) and wall seconds. Linux's VmHWM is this
+# process's own peak; ru_maxrss would include the benchmark's RSS at fork (kept across exec).
 MEMORY_CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 from rsfiqa.cli import main
-status = main(["score", sys.argv[1], "--no-progress", "--out", sys.argv[2]])
+status = main(["score", *sys.argv[1:]])
 try:
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 except OSError:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"status": status, "maxrss_kb": peak, "seconds": time.perf_counter() - t0}))
+print(json.dumps({"status": status, "maxrss_kb": peak, "seconds": time.perf_counter() - t0,
+                  "children_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
 
 
@@ -244,7 +246,8 @@ def memory_part(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="rsfiqa-bench-memory-") as tmp:
         for kind, path in big_images(args, Path(tmp)).items():
-            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), str(Path(tmp) / f"{kind}.csv")],
+            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), "--no-progress", "--out",
+                                   str(Path(tmp) / f"{kind}.csv")],
                                   cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"memory run on {path} failed:\n{done.stderr[-2000:]}")
