@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from rsfiqa.inference import score_cli
-from rsfiqa.inference.outputs import CSV_COLUMNS, JOURNAL_SUFFIX, open_output, output_columns, state_path
+from rsfiqa.inference.outputs import (CSV_COLUMNS, JOURNAL_SUFFIX, open_output, output_columns, output_format,
+                                     state_path)
 from rsfiqa.inference.scorer import ScoringSetupError
 
 CLIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clive-dev" / "images"
@@ -111,6 +112,12 @@ def test_a_second_writer_of_the_same_out_is_refused_by_the_lock(tmp_path):
             write(out, [record(1)])
         first.close()
     assert write(out, [record(1)]) == {"photos/p0.jpg"}  # released when the first run ends
+
+
+def test_parquet_without_pyarrow_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(ScoringSetupError, match=r"^--out s.parquet: Parquet output needs pyarrow: pip install pyarrow"):
+        output_format("s.parquet")
 
 
 def test_ray_not_installed_is_one_line(tmp_path, monkeypatch, capsys):

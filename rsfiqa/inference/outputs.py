@@ -28,7 +28,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 from rsfiqa.inference.scorer import ScoringSetupError
 from rsfiqa_core.usererrors import naming_the_file
@@ -38,6 +38,7 @@ OUTPUT_FORMATS = (".csv", ".json", ".jsonl", ".parquet")
 STATE_SUFFIX = ".state.json"
 JOURNAL_SUFFIX = ".partial.jsonl"
 PARQUET_CHUNK = 1024  # rows per Parquet row group when the file is (re)written
+TAIL_CHUNK = 65536  # bytes read at a time, from the end, to find a file's last complete line
 FLOAT_COLUMNS = ("score", "score_norm", "mos")
 WRITTEN_BY = "rsfiqa score"
 
@@ -134,50 +135,57 @@ class JsonList:
 
 
 # --------------------------------------------------------------------------- reading back (resume)
-def complete_lines_end(data: bytes) -> int:
-    """Bytes up to and including the last newline: the complete rows of a line-based file."""
-    return data.rfind(b"\n") + 1
+def cut_unfinished_line(path: Path) -> None:
+    """Drop what a killed run left after the file's last newline (a row cut short); read from the end."""
+    with open(path, "r+b") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        keep = 0
+        while pos > 0:
+            step = min(TAIL_CHUNK, pos)
+            f.seek(pos - step)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                keep = pos - step + newline + 1
+                break
+            pos -= step
+        if keep != end:
+            f.truncate(keep)
 
 
-def json_list_elements(text: str) -> tuple[list[dict[str, Any]], int]:
-    """The complete elements of a (possibly unfinished) JSON list and the character index after the last."""
-    decoder = json.JSONDecoder()
+def images_of_lines(path: Path) -> list[str]:
+    """The ``image`` of every complete line of a JSON-lines file (its unfinished tail cut off)."""
+    cut_unfinished_line(path)
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["image"] for line in f if line.strip()]
+
+
+def images_of_csv(path: Path) -> list[str]:
+    """The ``image`` of every complete row of a CSV file (its unfinished tail cut off)."""
+    cut_unfinished_line(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row["image"] for row in csv.DictReader(f)]
+
+
+def images_of_json_list(path: Path) -> tuple[list[str], bool]:
+    """The ``image`` of every complete element of a (possibly unfinished) JSON list, the file cut after the
+    last one; and whether the list is open (its ``[`` written). The list is read whole: for big runs,
+    JSON lines, CSV or Parquet read back line by line."""
+    text = path.read_text(encoding="utf-8")
+    decoder, images = json.JSONDecoder(), []
     start = text.find("[")
-    if start < 0:
-        return [], 0
-    elements, end, pos = [], start + 1, start + 1
-    while True:
+    end = pos = start + 1
+    while start >= 0:
         while pos < len(text) and text[pos] in " \t\r\n,":
             pos += 1
         try:
             element, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
-            return elements, end
-        elements.append(element)
+            break
+        images.append(element["image"])
         end = pos
-
-
-def cut_to(path: Path, size: int) -> None:
-    """Drop what a killed run left after the last complete entry."""
-    if path.stat().st_size != size:
-        with open(path, "r+b") as f:
-            f.truncate(size)
-
-
-def resume_lines(path: Path) -> list[str]:
-    """The complete lines of a CSV / JSON-lines file, its unfinished tail cut off."""
-    data = path.read_bytes()
-    end = complete_lines_end(data)
-    cut_to(path, end)
-    return data[:end].decode("utf-8").splitlines(keepends=True)
-
-
-def images_of_lines(path: Path) -> list[str]:
-    return [json.loads(line)["image"] for line in resume_lines(path) if line.strip()]
-
-
-def images_of_csv(path: Path) -> list[str]:
-    return [row["image"] for row in csv.DictReader(resume_lines(path))]
+    with open(path, "r+b") as f:
+        f.truncate(len(text[:end].encode("utf-8")))
+    return images, start >= 0
 
 
 def images_of_parquet(path: Path) -> list[str]:
@@ -246,7 +254,8 @@ def continues(out: Path, state: Path, text: str, settings: Mapping[str, Any]) ->
 class Output:
     """An open ``--out``: ``done`` (images already in it), :meth:`write` per record, :meth:`close`."""
 
-    def __init__(self, writer: Any, done: Iterable[str] = (), finish: Any = None):
+    def __init__(self, writer: CsvRows | JsonLines | JsonList, done: Iterable[str] = (),
+                 finish: Callable[[], None] | None = None):
         self.writer, self.done, self.finish = writer, set(done), finish
         self.count = 0
 
@@ -275,10 +284,8 @@ def open_output(out: str | None, columns: Sequence[str], settings: Mapping[str, 
             stream = open(path, ("a" if resuming else "w"), newline="", encoding="utf-8")
         with stream:
             if fmt == ".json":
-                text = path.read_text(encoding="utf-8") if resuming else ""
-                done, end = json_list_elements(text)
-                cut_to(path, len(text[:end].encode("utf-8")))
-                yield Output(JsonList(stream, out, len(done), opened=end > 0), [r["image"] for r in done])
+                done, opened = images_of_json_list(path) if resuming else ([], False)
+                yield Output(JsonList(stream, out, len(done), opened), done)
             elif fmt == ".jsonl":
                 yield Output(JsonLines(stream, out), images_of_lines(path) if resuming else ())
             else:
@@ -318,13 +325,15 @@ def write_parquet(path: Path, journal: Path, columns: Sequence[str]) -> None:
         if path.exists():
             for batch in pq.ParquetFile(path).iter_batches(PARQUET_CHUNK):
                 writer.write_batch(batch)
-        rows: list[dict[str, Any]] = []
-        for line in resume_lines(journal):
-            rows.append(table_row(json.loads(line), columns))
-            if len(rows) == PARQUET_CHUNK:
+        cut_unfinished_line(journal)
+        with open(journal, encoding="utf-8") as lines:
+            rows: list[dict[str, Any]] = []
+            for line in lines:
+                rows.append(table_row(json.loads(line), columns))
+                if len(rows) == PARQUET_CHUNK:
+                    writer.write_table(pa.Table.from_pylist(rows, schema))
+                    rows = []
+            if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema))
-                rows = []
-        if rows:
-            writer.write_table(pa.Table.from_pylist(rows, schema))
     os.replace(temporary, path)
     journal.unlink()

@@ -9,14 +9,17 @@ symbolic link with an image extension is an error line; files with other extensi
 one ``note`` line; this run's ``--heatmap`` folder is never scanned (a note says so).
 
 Output (``--out``; default: CSV on stdout). One entry per scored image; images that could not be
-scored appear only on stderr.
+scored appear only on stderr. CSV, JSON lines, JSON or Parquet by the extension, each result
+written as soon as it exists; an existing ``--out`` is continued (only images not yet in it are
+scored), refused when its model or settings differ, and locked while a run writes it: see
+:mod:`rsfiqa.inference.outputs`.
 
-* ``.csv``: one row per image with columns ``image, score, score_norm, scale_dataset, regions``
-  (+ ``heatmap`` with ``--heatmap``); ``regions`` is the JSON list of the image's region records.
-* ``.json``: a list of the records of :meth:`rsfiqa.inference.scorer.Scorer.score` (regions nested).
+Engines. ``local`` (default) scores in this process (annotation in ``--workers`` processes beside
+it); ``ray`` in ``--workers`` Ray actors (:mod:`rsfiqa.inference.ray_scoring`), results in
+completion order. ``--report`` writes its thumbnails beside the page as photos are scored
+(:mod:`rsfiqa.inference.report`).
 
-Each result is written (and flushed) as soon as it exists, so an interrupted run keeps what was
-scored. ``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
+``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
 (``photos/sub/a.jpg`` -> ``DIR/sub/a.jpg.heatmap.png``): two inputs never share a heatmap. Outputs
 never overwrite inputs: ``--out``, ``--report`` or a heatmap naming a scanned input, and a
 ``--heatmap`` folder that is (or holds) a scanned folder, are refused before any work, and so are
@@ -95,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default=pretrained.DEFAULT_MODEL, metavar="NAME",
                        help="a shipped model (`rsfiqa models`; default %(default)s when --ckpt is not given)")
     model.add_argument("--ckpt", help="a checkpoint written by `rsfiqa fit` instead of a shipped model")
-    parser.add_argument("--report", metavar="HTML", help="also write one self-contained HTML page of the run: photos "
-                                                         "sorted by score, region overlays and descriptions")
+    parser.add_argument("--report", metavar="HTML", help="also write an HTML page of the run (thumbnails in "
+                                                         "<name>_files/ beside it): photos sorted by score, region "
+                                                         "overlays and descriptions")
     parser.add_argument("--labels", metavar="CSV", help="known MOS (columns image, mos): added to the output, and "
                                                         "PLCC/SRCC with a scatter plot in the report")
     parser.add_argument("--out", help="scores.csv, .jsonl, .json or .parquet (default: CSV on stdout); an existing "
