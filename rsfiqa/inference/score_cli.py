@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local: this process (default); ray: a pool of Ray Data actors, one scorer each "
                              "(needs pip install 'rsfiqa[ray]')")
     parser.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (auto or "
-                                                              "HOST:PORT; default RAY_ADDRESS or a new local cluster)")
+                                                              "HOST:PORT; default RAY_ADDRESS, the last `ray start` "
+                                                              "here, or a new local cluster)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     parser.add_argument("--segmenter-override", action="append", default=[], metavar="KEY=VAL",
                         help="change one option of the checkpoint's segmenter (repeat the flag for several), "
