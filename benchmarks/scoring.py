@@ -53,18 +53,20 @@ PARTS = ("scoring", "heatmaps", "annotation", "memory")
 FULL_DATASET = 930  # clive-dev photos, for the annotation extrapolation
 TARGETS = {"scoring": 0.5, "scoring_no_regions": 0.9, "heatmap_s": 0.1, "annotation_s": 120.0, "memory_gb": 2.0}
 NO_REGIONS = "no region output (nothing annotated)"
-# A fresh process scores one image with the CLI and prints its peak RSS (kB) and wall seconds. Linux's
-# VmHWM is this process's own peak; ru_maxrss would include the benchmark's RSS at fork (kept across exec).
+# A fresh process runs `rsfiqa score ARGS` (its command-line arguments) and prints its peak RSS (kB), the
+# largest peak of its child processes (annotation workers) and wall seconds. Linux's VmHWM is this
+# process's own peak; ru_maxrss would include the benchmark's RSS at fork (kept across exec).
 MEMORY_CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 from rsfiqa.cli import main
-status = main(["score", sys.argv[1], "--no-progress", "--out", sys.argv[2]])
+status = main(["score", *sys.argv[1:]])
 try:
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 except OSError:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"status": status, "maxrss_kb": peak, "seconds": time.perf_counter() - t0}))
+print(json.dumps({"status": status, "maxrss_kb": peak, "seconds": time.perf_counter() - t0,
+                  "children_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
 
 
@@ -123,14 +125,14 @@ def backbone_run(scorer: Any, images: int, batch: int) -> dict[str, float]:
 def scoring_run(scorer: Any, photos: list[Path], batch: int, workers: int, heatmaps: Path | None) -> dict[str, Any]:
     """One `rsfiqa score`-like pass: wall seconds, stage seconds (+ write, + heatmap)."""
     from rsfiqa.inference.heatmap import render_heatmap
-    from rsfiqa.inference.score_cli import ResultWriter
+    from rsfiqa.inference.outputs import CsvRows, output_columns
     from rsfiqa.inference.scorer import StageTimes
 
     scorer.workers, scorer.times = workers, StageTimes()
     if getattr(scorer.net, "text_encoder", None) is not None:
         scorer.net.text_encoder._cache.clear()  # every run encodes its descriptions, as a first run does
-    writer = ResultWriter(io.StringIO(), ".csv", heatmaps=heatmaps is not None, regions=scorer.annotates)
-    write_s, heatmap_s = 0.0, 0.0
+    columns = output_columns(mos=False, heatmaps=False, regions=scorer.annotates)
+    writer, write_s, heatmap_s = CsvRows(io.StringIO(), columns, "<memory>"), 0.0, 0.0
     t0, c0 = time.perf_counter(), cpu_seconds()
     for i, scored in enumerate(scorer.iter_scored(photos, batch, keep_arrays=heatmaps is not None)):
         if scored.record["error"] is not None:
@@ -254,7 +256,8 @@ def memory_part(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="rsfiqa-bench-memory-") as tmp:
         for kind, path in big_images(args, Path(tmp)).items():
-            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), str(Path(tmp) / f"{kind}.csv")],
+            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), "--no-progress", "--out",
+                                   str(Path(tmp) / f"{kind}.csv")],
                                   cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"memory run on {path} failed:\n{done.stderr[-2000:]}")

@@ -17,6 +17,7 @@ from rsfiqa.cli import default_loggers
 from rsfiqa.cli import main as rsfiqa_main
 from rsfiqa.eval.plots import scatter_plot
 from rsfiqa.inference.pretrained import DEFAULT_MODEL
+from rsfiqa.inference.outputs import state_path
 from rsfiqa.inference.report import correlations
 from rsfiqa_core.contract import read_index
 
@@ -209,6 +210,8 @@ def score_shipped(root: Path, result: DemoResult) -> None:
     the HTML report; then PLCC/SRCC and a scatter plot of predicted vs true MOS."""
     scores, heatmaps, report = result.out / "scores.csv", result.out / "heatmaps", result.out / "report.html"
     result.out.mkdir(parents=True, exist_ok=True)
+    for earlier in (scores, state_path(scores)):  # a rerun scores afresh (rsfiqa score would continue the file)
+        earlier.unlink(missing_ok=True)
     status = rsfiqa(["score", str(root / "images"), "--model", result.model, "--labels", str(root / "labels.csv"),
                      "--out", str(scores), "--heatmap", str(heatmaps), "--report", str(report), "--device", "cpu"])
     if status != 0:

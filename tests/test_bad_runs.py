@@ -25,6 +25,7 @@ from annotate.pipeline import DUPLICATE_CONTENT, REPORTED_SKIPS, annotate
 from rsfiqa import cli
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.inference import score_cli
+from rsfiqa.inference.outputs import CSV_COLUMNS, CsvRows
 from rsfiqa.inference.scorer import Scorer
 from rsfiqa.model.net import NetConfig
 from rsfiqa_core import contract
@@ -321,7 +322,7 @@ def test_disk_full(dataset, tmp_path, monkeypatch, capsys):
     assert not list((tmp_path / "out").glob("*.tmp")), "the unfinished shard is dropped"
     full = open("/dev/full", "w")  # scoring: every write there hits a full disk
     with pytest.raises(OSError) as err:
-        score_cli.ResultWriter(full, ".csv", heatmaps=False, name="scores.csv")
+        CsvRows(full, CSV_COLUMNS, name="scores.csv")
     with suppress(OSError):  # closing flushes the rest: a full disk again
         full.close()
     assert one_line(err.value) == "scores.csv: No space left on device; free space there or choose another folder"

@@ -55,7 +55,7 @@ def test_latency_reports_every_L(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_annotation_stages_loader_and_tiny_sam(capsys: pytest.CaptureFixture[str]) -> None:
-    annotation.main([*TINY, "--root", str(SHARED / "data" / "clive-dev"), "--images", "4", "--shard-size", "2",
+    annotation.main([*TINY, "--root", str(SHARED / "data" / "clive-dev"), "--images", "12", "--shard-size", "4",
                      "--annotate-overrides", "segmenter.long_side=96", "--batch", "2", "--workers", "0",
                      "--loader-epochs", "2", "--train-steps", "1", "--step-img-s", "1000",
                      "--sam", "on", "--sam-models", "tiny", "--sam-batch", "2", "--sam-steps", "1",

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rsfiqa_core.contract import DIMENSIONS
-from rsfiqa.inference.report import correlations, report_entry, write_report
+from rsfiqa.inference.report import ReportWriter, correlations, thumbnails_folder
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 # A probe appended to a copy of the page (the page itself has no script): after load it logs how
@@ -29,35 +29,46 @@ def region(index: int, overall: float | None) -> dict:
             "levels": levels, "scores": scores}
 
 
-def entries(n: int, seed: int = 0) -> list:
+def written(page: Path, n: int, seed: int = 0, with_mos: bool = True) -> ReportWriter:
+    """A report of ``n`` random photos added to a :class:`ReportWriter` of ``page``."""
     rng = np.random.default_rng(seed)
-    out = []
+    report = ReportWriter(page, "scale & text")
     for i in range(n):
         rgb = rng.integers(0, 256, (240 + 4 * i, 320, 3), dtype=np.uint8)
         labels = np.zeros(rgb.shape[:2], np.uint8)
         labels[:, 160:] = 1
         record = {"image": f"photos/p{i}.jpg", "score": float(10 * i), "score_norm": i / 10,
                   "regions": [region(0, 4.5), region(1, None)]}
-        out.append(report_entry(record, rgb, labels, mos=float(10 * i + rng.normal()), heatmap_link=None))
-    return out
+        report.add(record, rgb, labels, float(10 * i + rng.normal()) if with_mos else None)
+    return report
 
 
-def test_report_sorted_escaped_and_self_contained(tmp_path: Path) -> None:
-    page = write_report(tmp_path / "r.html", entries(4), "Run <1>", "scale & text").read_text()
+def test_report_sorted_escaped_with_thumbnails_beside_it(tmp_path: Path) -> None:
+    report = written(tmp_path / "r.html", 4)
+    assert report.entries[0].record["image"] == "photos/p0.jpg"
+    page = report.write("Run <1>").read_text()
     names = re.findall(r'class="name"[^>]*>([^<]+)<', page)
     assert names == ["p3.jpg", "p2.jpg", "p1.jpg", "p0.jpg"]          # best predicted first
     assert "region &lt;0&gt; &amp; co" in page and "Run &lt;1&gt;" in page   # user text escaped
-    assert re.findall(r'src="([^"]+)"', page) and all(s.startswith("data:image/") for s in re.findall(r'src="([^"]+)"', page))
+    sources = re.findall(r'src="([^"]+)"', page)
+    thumbs = [s for s in sources if not s.startswith("data:")]
+    assert len(thumbs) == 2 * 4 and len(sources) == 2 * 4 + 1           # 2 thumbnails per photo + the scatter plot
+    assert all(s.startswith("r_files/") and (tmp_path / s).is_file() for s in thumbs)
+    assert Image.open(tmp_path / thumbs[0]).format == "JPEG"
     assert "SRCC <b>1.000</b>" in page                                  # MOS known: metrics + scatter
-    assert page.count("<img") == 2 * 4 + 1
     assert "good (4.50)" in page and "<td>—</td>" in page               # a missing rating is a dash
 
 
+def test_report_keeps_no_thumbnail_in_memory_and_drops_an_earlier_runs(tmp_path: Path) -> None:
+    written(tmp_path / "r.html", 5).write("first")
+    report = written(tmp_path / "r.html", 2)
+    assert all(not isinstance(v, (bytes, np.ndarray)) for e in report.entries for v in vars(e).values())
+    assert sorted(p.name for p in thumbnails_folder(tmp_path / "r.html").iterdir()) == [
+        "000001.jpg", "000001.overlay.jpg", "000002.jpg", "000002.overlay.jpg"]
+
+
 def test_report_without_mos_has_no_metrics(tmp_path: Path) -> None:
-    items = entries(3)
-    for item in items:
-        item.mos = None
-    page = write_report(tmp_path / "r.html", items, "t", "s").read_text()
+    page = written(tmp_path / "r.html", 3, with_mos=False).write("t").read_text()
     assert "SRCC" not in page and page.count("<img") == 6
 
 
@@ -71,7 +82,7 @@ def test_correlations_match_definition() -> None:
 @pytest.mark.skipif(BROWSER is None, reason="no headless Chromium installed (Debian package 'chromium'; "
                                             ".ci/run installs it)")
 def test_report_renders_in_headless_browser(tmp_path: Path) -> None:
-    page = write_report(tmp_path / "report.html", entries(3), "browser check", "scale")
+    page = written(tmp_path / "report.html", 3).write("browser check")
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
     shot = Path(os.environ.get("RSFIQA_REPORT_SHOT", tmp_path / "shot.png"))

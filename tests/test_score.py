@@ -281,7 +281,7 @@ def test_setup_errors_exit_1(checkpoint, photos, tmp_path, capsys):
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(tmp_path / "no.ckpt")], capsys)
     assert status == 1 and "checkpoint not found" in err
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(checkpoint), "--out", "x.txt"], capsys)
-    assert status == 1 and ".csv or .json" in err
+    assert status == 1 and ".csv, .json, .jsonl or .parquet" in err
     status, err = run_score([str(photos / "1001.png"), "--ckpt", str(checkpoint), "--heatmap", str(tmp_path),
                              "--attn-token", "9,9"], capsys)
     assert status == 1 and "token grid" in err

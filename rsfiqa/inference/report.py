@@ -1,4 +1,4 @@
-"""One self-contained HTML page of a scoring run (``rsfiqa score ... --report report.html``).
+"""The HTML page of a scoring run (``rsfiqa score ... --report report.html``).
 
 Photos are sorted by predicted score, best first. Each card shows the photo, its region quality
 overlay (regions filled by the describer's ``overall`` score, as in the heatmaps), the predicted
@@ -6,9 +6,13 @@ score, the MOS when known, and per region its content and the five ratings (leve
 With MOS for at least three photos the page opens with PLCC/SRCC and a scatter plot. For a model
 whose score does not read regions, each overlay is captioned :data:`ANNOTATOR_VIEW_NOTE`.
 
-Every image is embedded as a ``data:`` URI (JPEG thumbnails, PNG plot): the page needs no server,
-no network and no other file; a heatmap PNG written by the same run is linked by a relative path.
-The page has no script.
+Memory stays bounded however many photos a run scores: each photo's two JPEG thumbnails are
+written, as the photo is scored, into the folder ``<page name>_files/`` beside the page
+(``report.html`` -> ``report_files/000001.jpg`` and ``000001.overlay.jpg``) and only the records
+stay in memory; the page links them by relative paths and loads them lazily. Page and folder go
+together (copy both); they need no server and no network. The scatter plot is embedded as a
+``data:`` URI, a heatmap PNG written by the same run is linked by a relative path. The page has no
+script.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from rsfiqa.inference.heatmap import quality_overlay
 from rsfiqa_core.contract import DIMENSIONS
 
 THUMB_SIDE = 360
+FILES_SUFFIX = "_files"
 JPEG_QUALITY = 82
 MIN_PHOTOS_FOR_METRICS = 3
 
@@ -41,8 +46,8 @@ class ReportEntry:
     """One scored photo as the page shows it."""
 
     record: dict[str, Any]              # the scorer's record: image, score, score_norm, regions
-    photo_jpeg: bytes
-    overlay_jpeg: bytes
+    photo_link: str                     # its thumbnail, relative to the page
+    overlay_link: str                   # its region overlay thumbnail, relative to the page
     mos: float | None = None
     heatmap_link: str | None = None     # relative to the page
 
@@ -62,15 +67,27 @@ def thumbnail_jpeg(rgb: np.ndarray, side: int = THUMB_SIDE) -> bytes:
     return buffer.getvalue()
 
 
-def report_entry(record: Mapping[str, Any], rgb: np.ndarray, label_map: np.ndarray, mos: float | None = None,
-                 heatmap_link: str | None = None) -> ReportEntry:
-    """The entry of one scored photo from its record, upright image and label map."""
+def thumbnails_folder(page: str | Path) -> Path:
+    """``report.html`` -> ``report_files``: where the page's thumbnails are written."""
+    page = Path(page)
+    return page.with_name(page.stem + FILES_SUFFIX)
+
+
+def report_entry(record: Mapping[str, Any], rgb: np.ndarray, label_map: np.ndarray, page: str | Path, number: int,
+                 mos: float | None = None, heatmap_link: str | None = None) -> ReportEntry:
+    """The entry of one scored photo from its record, upright image and label map; its thumbnails are
+    written now as ``<number>.jpg`` and ``<number>.overlay.jpg`` into the page's folder."""
     small = Image.fromarray(rgb)
     small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)
     small_rgb = np.asarray(small)
     small_labels = np.asarray(Image.fromarray(label_map.astype(np.uint8)).resize(small.size, Image.NEAREST))
     overlay = quality_overlay(small_rgb, small_labels, record["regions"])
-    return ReportEntry(dict(record), thumbnail_jpeg(small_rgb), thumbnail_jpeg(overlay), mos, heatmap_link)
+    folder = thumbnails_folder(page)
+    names = (f"{number:06d}.jpg", f"{number:06d}.overlay.jpg")
+    for name, image in zip(names, (small_rgb, overlay)):
+        (folder / name).write_bytes(thumbnail_jpeg(image))
+    photo, overlay_link = (f"{folder.name}/{name}" for name in names)
+    return ReportEntry(dict(record), photo, overlay_link, mos, heatmap_link)
 
 
 def relative_link(target: str | Path, page: str | Path) -> str:
@@ -132,8 +149,8 @@ def card(rank: int, entry: ReportEntry, scale_text: str, overlay_note: str = "")
     return f"""<div class="card" id="photo-{rank}">
 <div class="head"><span class="rank">#{rank}</span><span class="name" title="{html.escape(record['image'])}">{name}</span>
 <span class="score" title="{html.escape(scale_text)}">predicted {record['score']:.2f}</span>{mos}{link}</div>
-<div class="imgs"><img alt="{name}" src="{data_uri(entry.photo_jpeg, 'image/jpeg')}">
-<img alt="{name}: region quality overlay" src="{data_uri(entry.overlay_jpeg, 'image/jpeg')}"></div>
+<div class="imgs"><img alt="{name}" loading="lazy" src="{html.escape(entry.photo_link)}">
+<img alt="{name}: region quality overlay" loading="lazy" src="{html.escape(entry.overlay_link)}"></div>
 {f'<div class="meta">{html.escape(overlay_note)}</div>' if overlay_note else ''}
 <table><tr>{header}</tr>
 {region_rows(record['regions'])}
@@ -178,3 +195,28 @@ def write_report(path: str | Path, entries: Sequence[ReportEntry], title: str, s
     path = Path(path)
     path.write_text(render_report(entries, title, scale_text, model_text, errors, overlay_note), encoding="utf-8")
     return path
+
+
+class ReportWriter:
+    """A run's report built as photos are scored: :meth:`add` writes a photo's thumbnails at once and
+    keeps its record; :meth:`write` writes the page. Thumbnails of an earlier run of the same page are
+    removed first, so the folder holds this run's only."""
+
+    def __init__(self, page: str | Path, scale_text: str, overlay_note: str = ""):
+        self.page, self.scale_text, self.overlay_note = Path(page), scale_text, overlay_note
+        self.entries: list[ReportEntry] = []
+        folder = thumbnails_folder(self.page)
+        folder.mkdir(exist_ok=True)
+        for old in folder.glob("[0-9]*.jpg"):
+            old.unlink()
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def add(self, record: Mapping[str, Any], rgb: np.ndarray, label_map: np.ndarray, mos: float | None = None,
+            heatmap_link: str | None = None) -> None:
+        self.entries.append(report_entry(record, rgb, label_map, self.page, self.count + 1, mos, heatmap_link))
+
+    def write(self, title: str, model_text: str = "", errors: Sequence[str] = ()) -> Path:
+        return write_report(self.page, self.entries, title, self.scale_text, model_text, errors, self.overlay_note)

@@ -11,11 +11,15 @@ named ``*.heatmap.png`` met in a folder or glob (an earlier run's heatmaps; one 
 ``--labels`` rows are matched to the scored files by :mod:`rsfiqa.inference.labels`.
 
 Output (``--out``; default: CSV on stdout). One entry per scored image; images that could not be
-scored appear only on stderr.
+scored appear only on stderr. CSV, JSON lines, JSON or Parquet by the extension, each result
+written as soon as it exists; an existing ``--out`` is continued (only images not yet in it are
+scored), refused when its model or settings differ, and locked while a run writes it: see
+:mod:`rsfiqa.inference.outputs`.
 
-* ``.csv``: one row per image with columns ``image, score, score_norm, scale_dataset, regions``
-  (+ ``heatmap`` with ``--heatmap``); ``regions`` is the JSON list of the image's region records.
-* ``.json``: a list of the records of :meth:`rsfiqa.inference.scorer.Scorer.score` (regions nested).
+Engines. ``local`` (default) scores in this process (annotation in ``--workers`` processes beside
+it); ``ray`` in ``--workers`` Ray actors (:mod:`rsfiqa.inference.ray_scoring`), results in
+completion order. ``--report`` writes its thumbnails beside the page as photos are scored
+(:mod:`rsfiqa.inference.report`).
 
 Regions cost an annotation (segment + describe) per photo. They are computed when the model's score
 reads them, or for ``--regions``, ``--report`` or ``--heatmap``; otherwise (the shipped model reads
@@ -23,8 +27,7 @@ the whole image only) nothing is annotated, the CSV has no ``regions`` column an
 have ``"regions": null``. A report or heatmap of such a model says that its overlays are the
 annotator's view, not what the score used.
 
-Each result is written (and flushed) as soon as it exists, so an interrupted run keeps what was
-scored. ``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
+``--heatmap DIR`` writes ``DIR/<path under the inputs' common folder>.heatmap.png`` per image
 (``photos/sub/a.jpg`` -> ``DIR/sub/a.jpg.heatmap.png``): two inputs never share a heatmap. Outputs
 never overwrite inputs: ``--out``, ``--report`` or a heatmap naming a scanned input (or ``--out``,
 ``--report`` naming the ``--labels`` file), and a
@@ -45,31 +48,32 @@ stderr — and the others were written.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import json
+import hashlib
 import logging
 import os
 import sys
-from contextlib import ExitStack
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from rsfiqa.inference import pretrained
 from rsfiqa.inference.heatmap import render_heatmap
 from rsfiqa.inference.labels import LabelsError, match_labels, named, read_labels
-from rsfiqa.inference.report import ANNOTATOR_VIEW_NOTE, relative_link, report_entry, write_report
-from rsfiqa.inference.scorer import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored, Scorer, ScoringSetupError
+from rsfiqa.inference.outputs import Output, open_output, output_columns, output_format
+from rsfiqa.inference.ray_scoring import ScorerSpec, cluster_cpus, import_ray, iter_scored_on_ray, ray_session
+from rsfiqa.inference.report import ANNOTATOR_VIEW_NOTE, ReportWriter, relative_link
+from rsfiqa.inference.scorer import (DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored, Scorer, ScoringSetupError,
+                                     check_token)
 from rsfiqa_core import contract
 from rsfiqa_core.imageio import printable
 from rsfiqa_core.usererrors import can_create_files, naming_the_file, one_line, pop_debug, run_reporting
 
 PROG = "rsfiqa score"
 EXIT_OK, EXIT_SETUP, EXIT_SOME_FAILED = 0, 1, 2
-CSV_COLUMNS = ("image", "score", "score_norm", "scale_dataset", "regions")
-OUTPUT_FORMATS = (".csv", ".json")
+ENGINES = ("local", "ray")
 GLOB_CHARS = set("*?[")
 EXPECTED_ERRORS = (ScoringSetupError, LabelsError, pretrained.PretrainedError, OSError)  # a user's to fix: one line
 ON_INTERRUPT = "the images scored so far are in the output"
@@ -102,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default=pretrained.DEFAULT_MODEL, metavar="NAME",
                        help="a shipped model (`rsfiqa models`; default %(default)s when --ckpt is not given)")
     model.add_argument("--ckpt", help="a checkpoint written by `rsfiqa fit` instead of a shipped model")
-    parser.add_argument("--report", metavar="HTML", help="also write one self-contained HTML page of the run: photos "
-                                                         "sorted by score, region overlays and descriptions")
+    parser.add_argument("--report", metavar="HTML", help="also write an HTML page of the run (thumbnails in "
+                                                         "<name>_files/ beside it): photos sorted by score, region "
+                                                         "overlays and descriptions")
     parser.add_argument("--labels", metavar="CSV", help="known MOS (columns image, mos): added to the output, and "
                                                         "PLCC/SRCC with a scatter plot in the report")
-    parser.add_argument("--out", help="scores.csv or scores.json (default: CSV on stdout)")
+    parser.add_argument("--out", help="scores.csv, .jsonl, .json or .parquet (default: CSV on stdout); an existing "
+                                      "--out of an earlier run is continued: only images not yet in it are scored")
     parser.add_argument("--heatmap", metavar="DIR", help="write one quality heatmap PNG per image into DIR")
     parser.add_argument("--regions", action="store_true",
                         help="segment and describe every photo and keep its regions (CSV column `regions`) even "
@@ -115,9 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --heatmap: add the RSA attention map of this token-grid cell as a second panel")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="images per segmenter/describer/model batch (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help="processes that segment and describe while the network scores (0: all in one "
-                             "process; default %(default)s, the CPU cores but one)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"local: processes that segment and describe while the network scores (0: all in one "
+                             f"process; default {DEFAULT_WORKERS}, the CPU cores but one); --engine ray: scorer actors "
+                             f"(default: one per CPU of the cluster)")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: this process (default); ray: a pool of Ray Data actors, one scorer each "
+                             "(needs pip install 'rsfiqa[ray]')")
+    parser.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (auto or "
+                                                              "HOST:PORT; default RAY_ADDRESS, the last `ray start` "
+                                                              "here, or a new local cluster)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     parser.add_argument("--segmenter-override", action="append", default=[], metavar="KEY=VAL",
                         help="change one option of the checkpoint's segmenter (repeat the flag for several), "
@@ -216,50 +229,6 @@ def scan_paths(paths: Iterable[str], exclude: Sequence[Path] = ()) -> Scan:
 
 
 # --------------------------------------------------------------------------- outputs
-class ResultWriter:
-    """Writes each scored record as soon as it exists: a CSV row, or one element of a JSON list (the list
-    is closed by :meth:`close`); an ``OSError`` (a full disk) names ``name``."""
-
-    def __init__(self, stream: TextIO, fmt: str, heatmaps: bool, mos: bool = False, name: str = "<stdout>",
-                 regions: bool = True):
-        self.stream, self.fmt, self.name, self.count = stream, fmt, name, 0
-        columns = (tuple(c for c in CSV_COLUMNS if regions or c != "regions") + (("mos",) if mos else ())
-                   + (("heatmap",) if heatmaps else ()))
-        self.regions = regions
-        self.csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == ".csv" else None
-        with naming_the_file(self.name):
-            if self.csv is not None:
-                self.csv.writeheader()
-            else:
-                self.stream.write("[")
-            self.stream.flush()
-
-    def write(self, record: dict[str, Any]) -> None:
-        with naming_the_file(self.name):
-            if self.csv is not None:
-                self.csv.writerow({**record, "regions": json.dumps(record["regions"], ensure_ascii=False)}
-                                  if self.regions else record)
-            else:
-                self.stream.write(("," if self.count else "") + "\n" + json.dumps(record, indent=1, ensure_ascii=False))
-            self.stream.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        if self.csv is None:
-            with naming_the_file(self.name):
-                self.stream.write("\n]\n")
-                self.stream.flush()
-
-
-def output_format(out: str | None) -> str:
-    if out is None:
-        return ".csv"
-    suffix = Path(out).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise ScoringSetupError(f"--out {out}: the file name must end in {' or '.join(OUTPUT_FORMATS)}")
-    return suffix
-
-
 class HeatmapNamer:
     """``DIR/<path under the inputs' common folder>.heatmap.png``: one heatmap per input, never shared."""
 
@@ -342,13 +311,8 @@ def report_error(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score ``args.paths``; the exit status of the module docstring."""
-    fmt = output_format(args.out)
-    if args.attn_token is not None and args.heatmap is None:
-        raise ScoringSetupError("--attn-token draws into the heatmaps: add --heatmap DIR")
-    if args.batch_size < 1:
-        raise ScoringSetupError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise ScoringSetupError(f"--workers must be >= 0, got {args.workers}")
+    output_format(args.out)
+    check_options(args)
     if args.report is not None:
         check_report_path(Path(args.report))
     if args.out is not None:
@@ -373,67 +337,122 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"{PROG}: note: {matched.summary(Path(args.labels))}", file=sys.stderr)
         mos = matched.mos
     scorer = load_scorer(args)
-    scorer.workers = args.workers
+    scorer.workers = DEFAULT_WORKERS if args.workers is None else args.workers
+    if args.attn_token is not None:
+        check_token(args.attn_token, scorer.token_grid())
     print(f"{PROG}: {scorer.scale.describe()}", file=sys.stderr)
-    scored_items = scorer.iter_scored(files, args.batch_size, progress=not args.no_progress,
-                                      attn_token=args.attn_token,
-                                      keep_arrays=heatmap_path is not None or args.report is not None)
-    entries = []
-    by_name = {printable(str(f)): f for f in files}  # the record's image name -> the file
-    with ExitStack() as stack:
-        stream = stack.enter_context(open(args.out, "w", newline="", encoding="utf-8")) if args.out else sys.stdout
-        writer = ResultWriter(stream, fmt, heatmaps=heatmap_path is not None, mos=mos is not None,
-                              name=args.out or "<stdout>", regions=scorer.annotates)
-        try:
-            for scored in scored_items:
-                record = scored.record
-                if record["error"] is not None:
-                    report_error(record["error"])
-                    failures.append(record["error"])
-                    continue
-                if mos is not None:
-                    record["mos"] = mos.get(by_name.get(record["image"]))
-                if heatmap_path is not None:
-                    source = by_name.get(record["image"], Path(record["image"]))
-                    problem = add_heatmap(scored, heatmap_path(source), scorer, args.attn_token)
-                    if problem is not None:
-                        report_error(problem)
-                        failures.append(problem)
-                if args.report is not None:
-                    link = relative_link(record["heatmap"], args.report) if record.get("heatmap") else None
-                    entries.append(report_entry(record, scored.rgb, scored.label_map, record.get("mos"), link))
-                writer.write(record)
-        except KeyboardInterrupt:  # what was scored stays a valid file, and is in the report
-            writer.close()
-            finish_report(args, scorer, entries, failures)
-            raise
-        writer.close()
-    finish_report(args, scorer, entries, failures)
+    columns = output_columns(mos is not None, heatmap_path is not None, scorer.annotates)
+    report = (ReportWriter(args.report, scorer.scale.describe(), overlay_note(scorer)) if args.report is not None
+              else None)
+    with open_output(args.out, columns, run_settings(args, columns)) as output:
+        todo = [f for f in files if printable(str(f)) not in output.done]
+        if output.done:
+            print(f"{PROG}: continuing {args.out}: {len(files) - len(todo)} of the {len(files)} images are in it "
+                  f"already, scoring the other {len(todo)}", file=sys.stderr)
+        with ray_session(args.ray_address) if args.engine == "ray" and todo else nullcontext():
+            stream = scored_stream(args, scorer, todo, keep_arrays=heatmap_path is not None or report is not None)
+            try:
+                failures += write_results(stream, output, scorer, args, mos, heatmap_path, report,
+                                          {printable(str(f)): f for f in todo})
+            except KeyboardInterrupt:  # what was scored stays a valid file, and is in the report
+                finish_report(args, scorer, report, failures)
+                raise
+    finish_report(args, scorer, report, failures)
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
-def finish_report(args: argparse.Namespace, scorer: Scorer, entries: list, failures: list[str]) -> None:
+def finish_report(args: argparse.Namespace, scorer: Scorer, report: ReportWriter | None, failures: list[str]) -> None:
     """Write ``--report`` (if asked for) for the images scored."""
-    if args.report is not None:
-        page = write_report(args.report, entries, f"RSFIQA scores of {len(entries)} photos", scorer.scale.describe(),
-                            model_description(args, scorer), failures, overlay_note(scorer))
+    if report is not None:
+        page = report.write(f"RSFIQA scores of {report.count} photos", model_description(args, scorer), failures)
         print(f"{PROG}: report: {page}", file=sys.stderr)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Option combinations and values, checked before any work."""
+    if args.attn_token is not None and args.heatmap is None:
+        raise ScoringSetupError("--attn-token draws into the heatmaps: add --heatmap DIR")
+    if args.batch_size < 1:
+        raise ScoringSetupError(f"--batch-size must be >= 1, got {args.batch_size}")
+    least = 1 if args.engine == "ray" else 0
+    if args.workers is not None and args.workers < least:
+        raise ScoringSetupError(f"--workers must be >= {least} with --engine {args.engine}, got {args.workers}")
+    if args.ray_address is not None and args.engine != "ray":
+        raise ScoringSetupError("--ray-address names a Ray cluster: add --engine ray")
+    if args.engine == "ray":
+        import_ray()
+
+
+def scored_stream(args: argparse.Namespace, scorer: Scorer, files: Sequence[Path], keep_arrays: bool) -> Iterator[Scored]:
+    """The scored files: by ``scorer`` here, or by Ray actors (``--engine ray``; a progress bar here)."""
+    if args.engine == "local":
+        return scorer.iter_scored(files, args.batch_size, progress=not args.no_progress, attn_token=args.attn_token,
+                                  keep_arrays=keep_arrays)
+    actors = cluster_cpus() if args.workers is None else args.workers
+    num_gpus = 1 if args.device.startswith("cuda") else 0
+    stream = iter_scored_on_ray(scorer_spec(args), files, args.batch_size, actors, args.attn_token, keep_arrays,
+                                num_gpus)
+    return iter(tqdm(stream, total=len(files), unit="img", desc="score", disable=args.no_progress))
+
+
+def write_results(stream: Iterable[Scored], output: Output, scorer: Scorer, args: argparse.Namespace,
+                  mos: dict[str, float] | None, heatmap_path: HeatmapNamer | None, report: ReportWriter | None,
+                  by_name: dict[str, Path]) -> list[str]:
+    """Each scored image into the output (and its heatmap and report card) as it arrives; the error lines."""
+    failures = []
+    try:
+        for scored in stream:
+            record = scored.record
+            if record["error"] is not None:
+                report_error(record["error"])
+                failures.append(record["error"])
+                continue
+            if mos is not None:
+                record["mos"] = mos.get(by_name.get(record["image"]))
+            if heatmap_path is not None:
+                source = by_name.get(record["image"], Path(record["image"]))
+                problem = add_heatmap(scored, heatmap_path(source), scorer, args.attn_token)
+                if problem is not None:
+                    report_error(problem)
+                    failures.append(problem)
+            if report is not None:
+                link = relative_link(record["heatmap"], args.report) if record.get("heatmap") else None
+                report.add(record, scored.rgb, scored.label_map, record.get("mos"), link)
+            output.write(record)
+    except KeyboardInterrupt:  # what was scored stays a valid file
+        output.close()
+        raise
+    output.close()
+    return failures
+
+
 def load_scorer(args: argparse.Namespace) -> Scorer:
-    """The checkpoint's scorer with ``--ckpt``, else the shipped model ``--model`` (or the default);
-    annotating when the model reads regions or the output shows them."""
+    """The checkpoint's scorer with ``--ckpt``, else the shipped model ``--model`` (or the default)."""
+    return scorer_spec(args).build()
+
+
+def scorer_spec(args: argparse.Namespace) -> ScorerSpec:
+    """The model and options every scorer of this run is built from (here and on Ray actors); annotating
+    when the model reads regions or the output shows them."""
     regions = args.regions or args.report is not None or args.heatmap is not None
-    if args.ckpt is not None:
-        return Scorer.from_checkpoint(args.ckpt, args.device, args.segmenter_override, args.describer_override,
-                                      regions)
-    return Scorer.from_pretrained(args.model, args.device, args.segmenter_override, args.describer_override,
-                                  regions=regions)
+    return ScorerSpec(args.model, args.ckpt, args.device, tuple(args.segmenter_override),
+                      tuple(args.describer_override), regions)
 
 
 def overlay_note(scorer: Scorer) -> str:
     """:data:`~rsfiqa.inference.report.ANNOTATOR_VIEW_NOTE` when the model's score does not read regions."""
     return "" if scorer.net.config.consumes else ANNOTATOR_VIEW_NOTE
+
+
+def run_settings(args: argparse.Namespace, columns: Sequence[str]) -> dict[str, Any]:
+    """What shapes the records, kept beside ``--out`` so that a rerun continues it only with the same
+    (the model file's SHA-256, the overrides, the columns); engine, workers, batch size and device may change."""
+    path = Path(args.ckpt) if args.ckpt is not None else pretrained.model_entry(args.model).path
+    with naming_the_file(path), open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"model": f"checkpoint {Path(args.ckpt).resolve()}" if args.ckpt is not None else args.model,
+            "model_sha256": digest, "segmenter_override": args.segmenter_override,
+            "describer_override": args.describer_override, "columns": list(columns), "attn_token": args.attn_token}
 
 
 def model_description(args: argparse.Namespace, scorer: Scorer) -> str:
