@@ -13,11 +13,16 @@ Photos/s is the wall time of the ``annotate`` call (actor / process start-up inc
 Ray's over local's, and the shards of every Ray run are compared with the local run's member by
 member (image bytes, label map, JSON record) and checked for exactly ``--images`` keys, none twice.
 On a machine of few cores Ray pays its overhead (actor start-up, its own processes); its gain is
-more machines. Each measurement is one function printing one section, so a scoring section can sit
-beside the annotation one.
+more machines.
+
+Scoring section: ``rsfiqa score`` of the same photos (the first ``--images`` files of the root's
+``images/`` folder, sorted) with the shipped model, local ``--workers N`` against ``--engine ray``
+with N scorer actors (:func:`distributed_scoring.measure_scoring`: each a whole command, model
+loading and actor start-up included).
 
     python benchmarks/distributed.py                       # 200 photos, 2 workers, with the kill run
     python benchmarks/distributed.py --images 24 --no-kill # a smoke run
+    python benchmarks/distributed.py --sections scoring    # one section
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import benchutil
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data" / "clive-dev"
 CLIVE_OVERRIDES = ("dataset.mos_range=[0,100]",)  # CLIVE's MOS scale (its labels.csv has no range)
+SECTIONS = ("annotation", "scoring")
 ANNOTATE_ACTOR = b"MapBatches(AnnotateActor)"  # in the process title of the offline config's Ray actors
 
 
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     p.add_argument("--kill", action=argparse.BooleanOptionalAction, default=True,
                    help="also a Ray run with an annotation actor killed mid-run")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what is measured")
     return p
 
 
@@ -152,10 +159,31 @@ def annotation_section(args: argparse.Namespace, work: Path) -> dict[str, float]
     return {"local_s": local_s, "ray_s": ray_s, "ratio": ratio}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+def scoring_section(args: argparse.Namespace) -> dict[str, float]:
+    """Photos/s of ``rsfiqa score`` local --workers N vs --engine ray with N actors, on the same photos."""
+    import ray
+
+    from distributed_scoring import throughput_part
+
+    photos = sorted(p for p in (Path(args.root) / "images").iterdir() if p.is_file())[:args.images]
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+    try:
+        rates = throughput_part(photos, args.workers)
+    finally:
+        ray.shutdown()
+    print(f"load average after: {benchutil.load_average()}")
+    return rates
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     args = build_parser().parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        return annotation_section(args, Path(tmp))
+    results = {}
+    if "annotation" in args.sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["annotation"] = annotation_section(args, Path(tmp))
+    if "scoring" in args.sections:
+        results["scoring"] = scoring_section(args)
+    return results
 
 
 if __name__ == "__main__":

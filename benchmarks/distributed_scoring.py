@@ -57,13 +57,15 @@ def measure_scoring(photos: Sequence[Path], engine: str, workers: int) -> float:
     return len(photos) / seconds
 
 
-def throughput_part(photos: list[Path], workers: int) -> None:
+def throughput_part(photos: list[Path], workers: int) -> dict[str, float]:
+    """Prints and returns photos/s of both engines and their ratio (``ratio``: ray / local)."""
     rates = {engine: measure_scoring(photos, engine, workers) for engine in ("local", "ray")}
     benchutil.print_header(f"rsfiqa score --engine ray vs local on {len(photos)} photos", torch.device("cpu"),
                            {"workers": workers, "model": "shipped default"})
     print(benchutil.markdown_table(("engine", "photos/s"), [(f"local --workers {workers}", rates["local"]),
                                                              (f"ray, {workers} actors", rates["ray"])]))
     print(f"ratio ray / local: {rates['ray'] / rates['local']:.2f}")
+    return {**rates, "ratio": rates["ray"] / rates["local"]}
 
 
 def report_part(sources: list[Path], counts: Sequence[int]) -> None:

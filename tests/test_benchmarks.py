@@ -109,3 +109,15 @@ def test_verification_benchmark_prints_each_cost(capsys: pytest.CaptureFixture[s
     assert "shipped-file digest:" in out and "json checksum" in out and "feature-cache entry digest:" in out
     assert "(target < 2%)" in out
     assert all(v > 0 for part in results.values() for v in part.values())
+
+
+@pytest.mark.slow
+def test_distributed_measures_annotation_and_scoring_on_the_same_photos(capsys: pytest.CaptureFixture[str]) -> None:
+    import distributed
+
+    results = distributed.main(["--root", str(SHARED / "data" / "clive-dev"), "--images", "3", "--no-kill"])
+    out = capsys.readouterr().out
+    assert set(results) == {"annotation", "scoring"}
+    assert results["annotation"]["ratio"] > 0 and results["scoring"]["ratio"] > 0
+    assert "3 samples, equal to local key by key (differing 0, missing 0, extra 0)" in out
+    assert "ratio ray / local photos/s:" in out and "ratio ray / local:" in out
