@@ -148,17 +148,22 @@ def test_one_heatmap_unwritable(score, tmp_path):
         "heatmap"]).is_file()
 
 
-def test_interrupted_scoring(score, shipped_scorer, tmp_path, monkeypatch):
-    photos(tmp_path / "p", ("a.jpg", "b.png", "c.jpg"))
+def interrupt_scoring_after(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Scorer.iter_scored`` raises KeyboardInterrupt (Ctrl-C) after ``count`` images."""
     real = Scorer.iter_scored
 
     def interrupted(self, *args, **kwargs):
         for i, item in enumerate(real(self, *args, **kwargs)):
-            if i == 2:
+            if i == count:
                 raise KeyboardInterrupt
             yield item
 
     monkeypatch.setattr(Scorer, "iter_scored", interrupted)
+
+
+def test_interrupted_scoring(score, shipped_scorer, tmp_path, monkeypatch):
+    photos(tmp_path / "p", ("a.jpg", "b.png", "c.jpg"))
+    interrupt_scoring_after(2, monkeypatch)
     status, err = score(tmp_path / "p", "--out", tmp_path / "s.json", "--batch-size", "1")
     assert status == 130 and err[-1] == "rsfiqa score: interrupted; the images scored so far are in the output"
     records = json.loads((tmp_path / "s.json").read_text())  # a complete JSON list

@@ -29,7 +29,7 @@ from annotate.pipeline import annotate
 from annotate.segment.classical import ClassicalSegmenter
 from rsfiqa import cli
 from rsfiqa.data.datamodule import ShardDataModule
-from rsfiqa.inference import pretrained, score_cli
+from rsfiqa.inference import pretrained
 from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
 from rsfiqa.inference.scorer import Scorer, ScoringSetupError
 from rsfiqa.model.feature_cache import CacheEntryError, DiskCache
@@ -37,8 +37,8 @@ from rsfiqa.module import finite_rows
 from rsfiqa_core import contract
 from rsfiqa_core.digests import state_digest
 from rsfiqa_core.usererrors import one_line
-from test_bad_runs import (OVERRIDES, csv_rows, errors, fit, fit_args, photos, run_annotate, score,  # noqa: F401
-                           set_labels)
+from test_bad_runs import (OVERRIDES, csv_rows, errors, fit, fit_args, interrupt_scoring_after, photos,  # noqa: F401
+                           run_annotate, score, set_labels)
 from test_bad_runs import dataset, shipped_scorer, tiny_checkpoint  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,15 +367,7 @@ def test_too_many_workers(monkeypatch, caplog):
 
 def test_interrupted_scoring_with_report(score, tmp_path, monkeypatch):
     photos(tmp_path / "p", ("a.jpg", "b.png", "c.jpg"))
-    real = Scorer.iter_scored
-
-    def interrupted(self, *args, **kwargs):
-        for i, item in enumerate(real(self, *args, **kwargs)):
-            if i == 2:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(Scorer, "iter_scored", interrupted)
+    interrupt_scoring_after(2, monkeypatch)
     status, err = score(tmp_path / "p", "--out", tmp_path / "s.csv", "--report", tmp_path / "r.html",
                         "--batch-size", "1")
     assert status == 130 and err[-2:] == [f"rsfiqa score: report: {tmp_path / 'r.html'}",
