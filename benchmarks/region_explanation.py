@@ -19,7 +19,7 @@ Printed per method: the pass rate over the trials, and the rate at which the sam
 already worst on the unblurred photo (how much of the pass rate the blur explains), with the
 machine. Target (issue 23): a pass rate >= 0.9.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/region_explanation.py   # 40 trials, ~8 min on 2 cores
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/region_explanation.py   # 40 trials, ~5 min on 2 cores
 """
 from __future__ import annotations
 
@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-
-import benchutil
 from torch import Tensor
 
+import benchutil
 from rsfiqa.inference.scorer import Scorer
 from rsfiqa.model.backbone import Backbone
 from rsfiqa.model.rsa import pool_region_masks
