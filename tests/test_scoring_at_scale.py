@@ -179,7 +179,7 @@ def ray_cluster():
 def test_ray_engine_gives_the_local_records_and_a_rerun_scores_nothing(ray_cluster, photos, tmp_path, capsys,
                                                                         monkeypatch):
     local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    assert score(capsys, photos, "--out", local, "--workers", "0")[0] == 0
+    assert score(capsys, photos, "--out", local, "--workers", "0", "--regions")[0] == 0  # the report's regions
     status, err = score(capsys, photos, "--out", on_ray, "--engine", "ray", "--workers", "2", "--batch-size", "2",
                         "--report", tmp_path / "report.html")
     assert status == 0, err
@@ -199,7 +199,7 @@ def test_ray_engine_gives_the_local_records_and_a_rerun_scores_nothing(ray_clust
 
     monkeypatch.setattr(score_cli, "iter_scored_on_ray", no_scoring)
     before = on_ray.read_bytes()
-    status, err = score(capsys, photos, "--out", on_ray, "--engine", "ray", "--workers", "2")
+    status, err = score(capsys, photos, "--out", on_ray, "--engine", "ray", "--workers", "2", "--regions")
     assert status == 0 and err[-1] == (f"rsfiqa score: continuing {on_ray}: 4 of the 4 images are in it already, "
                                        f"scoring the other 0")
     assert on_ray.read_bytes() == before
@@ -212,7 +212,7 @@ def test_ray_engine_writes_parquet_and_reports_a_bad_image(ray_cluster, photos, 
     shutil.copytree(photos, tmp_path / "p")
     (tmp_path / "p" / "broken.jpg").write_bytes((photos / PHOTOS[0]).read_bytes()[:300])
     out = tmp_path / "s.parquet"
-    status, err = score(capsys, tmp_path / "p", "--out", out, "--engine", "ray", "--workers", "2")
+    status, err = score(capsys, tmp_path / "p", "--out", out, "--engine", "ray", "--workers", "2", "--regions")
     assert status == 2 and [line for line in err if "error:" in line][0].startswith(
         f"rsfiqa score: error: {tmp_path / 'p' / 'broken.jpg'}: ")
     rows = pq.read_table(out).to_pylist()
