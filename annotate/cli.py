@@ -29,7 +29,7 @@ from annotate.describe.backends import MissingExtraError
 from annotate.pipeline import Engine, LocalEngine, annotate, parse_part
 from rsfiqa_core.contract import ContractError
 from rsfiqa_core.imageio import ImageError
-from rsfiqa_core.usererrors import SettingError, pop_debug, run_reporting
+from rsfiqa_core.usererrors import SettingError, pop_debug, run_reporting, warnings_as_lines
 
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
 EXIT_ERROR = 1
@@ -135,4 +135,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary.report())
         return 0
 
-    return run_reporting("annotate", run, EXPECTED_ERRORS, EXIT_ERROR, debug, ON_INTERRUPT)
+    with warnings_as_lines("annotate", ("annotate",)):
+        return run_reporting("annotate", run, EXPECTED_ERRORS, EXIT_ERROR, debug, ON_INTERRUPT)

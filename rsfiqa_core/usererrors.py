@@ -8,6 +8,7 @@ instead. Errors outside the ``expected`` classes are bugs and keep their traceba
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -63,6 +64,20 @@ def one_line(err: BaseException) -> str:
         last = text.rstrip().splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(text.split())
+
+
+@contextmanager
+def warnings_as_lines(prog: str, loggers: Sequence[str] = ("rsfiqa", "annotate")) -> Iterator[None]:
+    """While it lasts, the warnings of ``loggers`` are one ``<prog>: warning: ...`` line each on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: warning: %(message)s"))
+    for name in loggers:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield
+    finally:
+        for name in loggers:
+            logging.getLogger(name).removeHandler(handler)
 
 
 def run_reporting(prog: str, action: Callable[[], int], expected: tuple[type[BaseException], ...], status: int,

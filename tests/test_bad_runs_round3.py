@@ -365,6 +365,15 @@ def test_too_many_workers(monkeypatch, caplog):
     assert one_line(err.value).endswith("; use fewer --workers")
 
 
+
+def test_too_many_workers_note_is_one_prefixed_line(dataset, tmp_path, capsys):
+    status = annotate_cli.main(["--dataset", "csv", "--root", str(dataset), "--out", str(tmp_path / "o"),
+                                "--workers", "100000", "--no-progress", *OVERRIDES])
+    err = capsys.readouterr().err.splitlines()
+    assert status == 0
+    assert f"annotate: warning: --workers 100000: capped at {parallel.available_cores()}, the CPU cores this " \
+           f"process may use" in err
+
 def test_interrupted_scoring_with_report(score, tmp_path, monkeypatch):
     photos(tmp_path / "p", ("a.jpg", "b.png", "c.jpg"))
     interrupt_scoring_after(2, monkeypatch)

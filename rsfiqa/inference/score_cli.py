@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import logging
 import os
 import sys
 from contextlib import nullcontext
@@ -69,7 +68,8 @@ from rsfiqa.inference.scorer import (DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored
                                      check_token)
 from rsfiqa_core import contract
 from rsfiqa_core.imageio import printable
-from rsfiqa_core.usererrors import can_create_files, naming_the_file, one_line, pop_debug, run_reporting
+from rsfiqa_core.usererrors import (can_create_files, naming_the_file, one_line, pop_debug, run_reporting,
+                                    warnings_as_lines)
 
 PROG = "rsfiqa score"
 EXIT_OK, EXIT_SETUP, EXIT_SOME_FAILED = 0, 1, 2
@@ -474,16 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rsfiqa score`` (``argv`` without the command name); returns the exit status."""
     argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
-    loggers = [logging.getLogger(name) for name in ("rsfiqa", "annotate")]  # the scorer's and its annotator's
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
+    with warnings_as_lines(PROG):  # the scorer's and its annotator's
         return run_reporting(PROG, lambda: run(args), EXPECTED_ERRORS, EXIT_SETUP, debug, ON_INTERRUPT)
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
 
 
 if __name__ == "__main__":
