@@ -94,13 +94,13 @@ def relative_link(target: str | Path, page: str | Path) -> str:
 
 def correlations(mos: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
     """PLCC and SRCC (torchmetrics) of predicted vs true MOS."""
-    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef  # only with --labels: plain scoring never imports them
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef  # --labels only: plain scoring skips them
     x, y = torch.tensor(predicted, dtype=torch.float64), torch.tensor(mos, dtype=torch.float64)
     return {"plcc": float(pearson_corrcoef(x, y)), "srcc": float(spearman_corrcoef(x, y))}
 
 
 def scatter_png(mos: Sequence[float], predicted: Sequence[float], title: str) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # only with --labels: plain scoring never imports them
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # --labels only: plain scoring skips them
 
     from rsfiqa.eval.plots import scatter_figure
     buffer = io.BytesIO()
