@@ -1,5 +1,6 @@
 """The ``rsfiqa`` command: LightningCLI ``fit``/``validate``/``test``/``predict`` over
-:class:`RSFIQAModule` and :class:`ShardDataModule`, plus non-Lightning commands (``score`` ...).
+:class:`RSFIQAModule` and :class:`ShardDataModule`, plus non-Lightning commands (``score`` ...), which the
+console script (:mod:`rsfiqa.commands`) runs without importing this module.
 
 Configs are YAML parsed in OmegaConf mode, so a config may interpolate its own values (for
 example ``img_size: ${data.image_size}``); interpolations are resolved when the file is read, so
@@ -233,7 +234,8 @@ def run_cli(args: list[str] | None) -> RSFIQACLI:
 
 
 def main(args: list[str] | None = None) -> Any:
-    """Entry point of the ``rsfiqa`` console script (``args=None``: the command line).
+    """The ``rsfiqa`` command (``args=None``: the command line), reached from the console script
+    (:func:`rsfiqa.commands.main`) for a Lightning command or ``--help``.
 
     Called with ``args`` it returns the command's result (the LightningCLI of a Lightning command);
     from the command line only an int exit status, because the console script hands the return
