@@ -59,7 +59,7 @@ NO_REGIONS = "no region output (nothing annotated)"
 MEMORY_CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-from rsfiqa.cli import main
+from rsfiqa.commands import main  # the console script's entry
 status = main(["score", *sys.argv[1:]])
 try:
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))

@@ -1,5 +1,6 @@
 """The ``rsfiqa`` command: LightningCLI ``fit``/``validate``/``test``/``predict`` over
-:class:`RSFIQAModule` and :class:`ShardDataModule`, plus non-Lightning commands (``score`` ...).
+:class:`RSFIQAModule` and :class:`ShardDataModule`, plus non-Lightning commands (``score`` ...), which the
+console script (:mod:`rsfiqa.commands`) runs without importing this module.
 
 Configs are YAML parsed in OmegaConf mode, so a config may interpolate its own values (for
 example ``img_size: ${data.image_size}``); interpolations are resolved when the file is read, so
@@ -29,11 +30,10 @@ and exit status 2; ``--debug`` shows the traceback (``rsfiqa_core.usererrors``).
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -41,6 +41,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rsfiqa.checkpoint import CheckpointError, read_checkpoint_file
+from rsfiqa.commands import EXTRA_COMMANDS, extra_command, extra_commands_help
 from rsfiqa.data.datamodule import ShardDataModule
 from rsfiqa.eval.callbacks import TestReport, TrainingCurves
 from rsfiqa.model import registry
@@ -51,15 +52,6 @@ from rsfiqa_core.contract import ContractError
 from rsfiqa_core.imageio import ImageError
 from rsfiqa_core.usererrors import SettingError, check_output_folder, pop_debug, run_reporting
 
-# name -> ("module:function" called with the remaining arguments, one-line description)
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("rsfiqa.inference.score_cli:main", "Score images or a folder of images (shipped model, or --ckpt)."),
-    "models": ("rsfiqa.inference.models_command:main", "List the shipped models and their measured accuracy."),
-    "splits": ("rsfiqa.experiments.splits:main", "Train and test over the 10 random splits; report mean and std."),
-    "ablate": ("rsfiqa.experiments.ablate:main", "Run the paper's ablation configs (Tables 3-6) and tabulate them."),
-    "probe": ("rsfiqa.experiments.rsa_probe:main", "RSA diagnostics of a trained split: bias scale, test SRCC without "
-                                            "the bias or with other images' descriptions."),
-}
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 SEED_DEFAULT = 0
 EARLY_STOPPING_PATIENCE = 20
@@ -233,26 +225,6 @@ def use_one_device(trainer_config: Any) -> None:
         trainer_config.devices, trainer_config.num_nodes = 1, 1
 
 
-def extra_command(name: str) -> Callable[[list[str]], Any]:
-    """The ``main`` function of an extra command, imported only now; a clear error if it is absent."""
-    target, _ = EXTRA_COMMANDS[name]
-    module_name, func_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name is None or not module_name.startswith(err.name):
-            raise  # the command exists but one of its own imports is missing: show the real error
-        raise SystemExit(f"rsfiqa {name}: this command is not available in this installation "
-                         f"({module_name} cannot be imported: {err})") from err
-    return getattr(module, func_name)
-
-
-def extra_commands_help() -> str:
-    width = max(len(n) for n in EXTRA_COMMANDS)
-    lines = [f"    {name:<{width}}  {desc}" for name, (_, desc) in EXTRA_COMMANDS.items()]
-    return "more commands (rsfiqa COMMAND --help for their options):\n" + "\n".join(lines)
-
-
 def run_cli(args: list[str] | None) -> RSFIQACLI:
     """Run a Lightning command (fit/validate/test/predict); ``args=None`` reads ``sys.argv``."""
     return RSFIQACLI(RSFIQAModule, ShardDataModule, parser_class=RSFIQAParser,
@@ -262,7 +234,8 @@ def run_cli(args: list[str] | None) -> RSFIQACLI:
 
 
 def main(args: list[str] | None = None) -> Any:
-    """Entry point of the ``rsfiqa`` console script (``args=None``: the command line).
+    """The ``rsfiqa`` command (``args=None``: the command line), reached from the console script
+    (:func:`rsfiqa.commands.main`) for a Lightning command or ``--help``.
 
     Called with ``args`` it returns the command's result (the LightningCLI of a Lightning command);
     from the command line only an int exit status, because the console script hands the return

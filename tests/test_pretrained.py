@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -161,6 +163,27 @@ def test_score_without_checkpoint_writes_scores_report_and_mos(tmp_path: Path, c
     page = report.read_text()
     assert page.count("<img") == 2 * 3 + 1 and "SRCC" in page
     assert "report:" in capsys.readouterr().err
+
+
+# A fresh `rsfiqa score --report` (the console script's entry), then the heavy modules it must not have imported.
+SCORE_CHILD = """
+import json, sys
+from rsfiqa.commands import main
+status = main(["score", *sys.argv[1:]])
+print(json.dumps({"status": status, "loaded": [m for m in ("lightning", "torchmetrics") if m in sys.modules]}))
+"""
+
+
+@pytest.mark.slow
+def test_score_with_a_report_never_imports_lightning_or_torchmetrics(tmp_path: Path) -> None:
+    photo = DEMO / "images" / sorted(p.name for p in (DEMO / "images").iterdir())[0]
+    report = tmp_path / "r.html"
+    done = subprocess.run([sys.executable, "-c", SCORE_CHILD, str(photo), "--out", str(tmp_path / "s.csv"),
+                           "--report", str(report), "--no-progress", "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"status": 0, "loaded": []}  # their import costs RSS
+    assert report.is_file()
 
 
 @pytest.mark.parametrize("args, message", [

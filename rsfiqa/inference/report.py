@@ -27,11 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
-from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-from rsfiqa.eval.plots import scatter_figure
 from rsfiqa.inference.heatmap import quality_overlay
 from rsfiqa_core.contract import DIMENSIONS
 
@@ -97,11 +94,15 @@ def relative_link(target: str | Path, page: str | Path) -> str:
 
 def correlations(mos: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
     """PLCC and SRCC (torchmetrics) of predicted vs true MOS."""
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef  # --labels only: plain scoring skips them
     x, y = torch.tensor(predicted, dtype=torch.float64), torch.tensor(mos, dtype=torch.float64)
     return {"plcc": float(pearson_corrcoef(x, y)), "srcc": float(spearman_corrcoef(x, y))}
 
 
 def scatter_png(mos: Sequence[float], predicted: Sequence[float], title: str) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # --labels only: plain scoring skips them
+
+    from rsfiqa.eval.plots import scatter_figure
     buffer = io.BytesIO()
     FigureCanvasAgg(scatter_figure(mos, predicted, title)).print_png(buffer)
     return buffer.getvalue()

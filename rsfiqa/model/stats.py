@@ -21,7 +21,6 @@ from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional import spearman_corrcoef
 
 from .backbone import Backbone
 from .head import pool_tokens
@@ -89,6 +88,7 @@ class EnsembleHead(nn.Module):
         """Set the standardisation and target buffers from the training set and solve the ridge for
         every penalty of :data:`RIDGE_ALPHAS`, keeping the one with the best validation SRCC.
         Returns {"alpha": relative penalty, "val_srcc": its validation SRCC}."""
+        from torchmetrics.functional import spearman_corrcoef  # here: scoring never fits, so never imports it
         if len(train_x) < 2 or len(val_x) < 2:
             raise ValueError(f"the ridge fit needs at least 2 training and 2 validation images, "
                              f"got {len(train_x)} and {len(val_x)}")
