@@ -304,6 +304,8 @@ def round3_kinds() -> list[BadRun]:
         BadRun("labels_not_exact", "score", "--labels with a/x.jpg and b/x.jpg, a name twice, nan/inf MOS, NFD names"),
         BadRun("out_is_labels", "score", "--out (or --report) names the --labels file"),
         BadRun("heatmaps_of_an_earlier_run", "score", "a rerun on a folder holding *.heatmap.png files"),
+        BadRun("report_beside_the_photos", "score", "--report whose thumbnails folder is the scanned folder, or "
+                                                    "a rerun on a folder holding an earlier report"),
         BadRun("output_folder_unusable", "make model, annotate", "--out in a folder that cannot be created/written"),
         BadRun("inputs_removed", "annotate", "a label row or image file deleted, then a rerun"),
         BadRun("degenerate_data", "fit, annotate", "all MOS identical, 1 validation image, batch_size 0, lr -1, "

@@ -270,6 +270,25 @@ def test_heatmaps_of_an_earlier_run(score, tmp_path):
     assert named == 0 and len(csv_rows(tmp_path / "s3.csv")) == 1
 
 
+def test_report_beside_the_photos(score, tmp_path):
+    photos(tmp_path / "r_files")  # the user's photos in the folder a report named r.html would fill
+    refused, err = score(tmp_path / "r_files", "--out", tmp_path / "s0.csv", "--report", tmp_path / "r.html")
+    assert refused == 1 and err[-1].startswith(f"rsfiqa score: error: --report: its thumbnails folder "
+                                               f"{tmp_path / 'r_files'} is or holds the input ")
+    assert sorted(p.name for p in (tmp_path / "r_files").iterdir()) == ["a.jpg", "b.png"], "photos untouched"
+    photos(tmp_path / "p")
+    (tmp_path / "p" / "page_files").mkdir()
+    (tmp_path / "p" / "page_files" / "2024.jpg").write_bytes((tmp_path / "p" / "a.jpg").read_bytes())
+    status, err = score(tmp_path / "p", "--out", tmp_path / "s1.csv", "--report", tmp_path / "p" / "page.html")
+    assert status == 0 and (tmp_path / "p" / "page_files" / "2024.jpg").is_file(), "a report removes only its own"
+    assert any(line == f"rsfiqa score: note: not scanning {tmp_path / 'p' / 'page_files'} (this run's --report "
+                       f"thumbnails folder)" for line in err)
+    assert sorted(Path(r).name for r in csv_rows(tmp_path / "s1.csv")) == ["a.jpg", "b.png"]
+    status, err = score(tmp_path / "p", "--out", tmp_path / "s2.csv")  # a rerun without --report
+    assert status == 0 and sorted(Path(r).name for r in csv_rows(tmp_path / "s2.csv")) == ["2024.jpg", "a.jpg", "b.png"]
+    assert any(line.startswith("rsfiqa score: note: skipped 4 thumbnail(s) of an earlier --report: ") for line in err)
+
+
 def test_output_folder_unusable(dataset, tmp_path, monkeypatch, capsys):
     from scripts import make_model
 

@@ -20,6 +20,7 @@ import base64
 import html
 import io
 import math
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,16 @@ def thumbnail_jpeg(rgb: np.ndarray, side: int = THUMB_SIDE) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
+
+
+THUMBNAIL_NAME = re.compile(r"\d{6}(\.overlay)?\.jpg")  # report_entry's file names
+
+
+def is_report_thumbnail(path: Path) -> bool:
+    """A thumbnail an earlier report wrote: a :data:`THUMBNAIL_NAME` in ``<page>_files/`` beside ``<page>.html``."""
+    folder = path.parent
+    return (bool(THUMBNAIL_NAME.fullmatch(path.name)) and folder.name.endswith(FILES_SUFFIX)
+            and folder.with_name(folder.name[:-len(FILES_SUFFIX)] + ".html").is_file())
 
 
 def thumbnails_folder(page: str | Path) -> Path:
@@ -208,8 +219,9 @@ class ReportWriter:
         self.entries: list[ReportEntry] = []
         folder = thumbnails_folder(self.page)
         folder.mkdir(exist_ok=True)
-        for old in folder.glob("[0-9]*.jpg"):
-            old.unlink()
+        for old in folder.iterdir():
+            if THUMBNAIL_NAME.fullmatch(old.name):  # only what a report writes: nothing of the user's
+                old.unlink()
 
     @property
     def count(self) -> int:

@@ -6,8 +6,10 @@ image extensions of ``contract.IMAGE_EXTS``, case-insensitive) or a glob pattern
 matches filtered by the same extensions). Files are scored in the given order, folders and
 globs in sorted order, each file once. Everything a folder holds is accounted for: a broken
 symbolic link with an image extension is an error line; files with other extensions are named in
-one ``note`` line; this run's ``--heatmap`` folder is never scanned (a note says so), nor are files
-named ``*.heatmap.png`` met in a folder or glob (an earlier run's heatmaps; one note names them).
+one ``note`` line; this run's ``--heatmap`` folder and ``--report`` thumbnails folder are never
+scanned (a note says so), nor are files named ``*.heatmap.png`` met in a folder or glob (an earlier
+run's heatmaps; one note names them), nor an earlier report's thumbnails (``<page>_files/000001.jpg``
+beside ``<page>.html``). A ``--report`` whose thumbnails folder is or holds an input is refused.
 ``--labels`` rows are matched to the scored files by :mod:`rsfiqa.inference.labels`.
 
 Output (``--out``; default: CSV on stdout). One entry per scored image; images that could not be
@@ -54,7 +56,7 @@ import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -63,7 +65,8 @@ from rsfiqa.inference.heatmap import render_heatmap
 from rsfiqa.inference.labels import LabelsError, match_labels, named, read_labels
 from rsfiqa.inference.outputs import Output, open_output, output_columns, output_format
 from rsfiqa.inference.ray_scoring import ScorerSpec, cluster_cpus, import_ray, iter_scored_on_ray, ray_session
-from rsfiqa.inference.report import ANNOTATOR_VIEW_NOTE, ReportWriter, relative_link
+from rsfiqa.inference.report import (ANNOTATOR_VIEW_NOTE, ReportWriter, is_report_thumbnail, relative_link,
+                                     thumbnails_folder)
 from rsfiqa.inference.scorer import (DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Scored, Scorer, ScoringSetupError,
                                      check_token)
 from rsfiqa_core import contract
@@ -161,13 +164,14 @@ def broken_link_error(link: Path) -> str:
 class Scan:
     """What the PATHs name: image files to score, error lines, and what was passed over (notes)."""
 
-    def __init__(self, exclude: Sequence[Path] = ()):
-        self.exclude = list(exclude)
+    def __init__(self, exclude: Mapping[Path, str] | None = None):
+        self.exclude = dict(exclude or {})  # output folder -> what it is
         self.files: list[Path] = []
         self.errors: list[str] = []
         self.other_files: list[Path] = []
         self.excluded: set[Path] = set()
         self.heatmaps: list[Path] = []     # *.heatmap.png of an earlier run, met in a folder: not photos
+        self.thumbnails: list[Path] = []   # an earlier report's thumbnails (<page>_files/), likewise
 
     def add(self, path: Path) -> None:
         """One file or link met in a folder or glob: kept, an error, or noted (or passed over: an output folder)."""
@@ -181,6 +185,8 @@ class Scan:
                 self.other_files.append(path)
         elif path.name.endswith(HEATMAP_SUFFIX):
             self.heatmaps.append(path)
+        elif is_report_thumbnail(path):
+            self.thumbnails.append(path)
         elif path.is_file():
             (self.files if is_image_name(path) else self.other_files).append(path)
 
@@ -189,10 +195,13 @@ class Scan:
             self.add(path)
 
     def notes(self) -> list[str]:
-        notes = [f"not scanning {folder} (this run's --heatmap folder)" for folder in sorted(self.excluded)]
+        notes = [f"not scanning {folder} (this run's {self.exclude[folder]})" for folder in sorted(self.excluded)]
         if self.heatmaps:
             notes.append(f"skipped {len(self.heatmaps)} heatmap(s) of an earlier run (*{HEATMAP_SUFFIX}): "
                          f"{named(self.heatmaps)} (name a file to score it anyway)")
+        if self.thumbnails:
+            notes.append(f"skipped {len(self.thumbnails)} thumbnail(s) of an earlier --report: "
+                         f"{named(self.thumbnails)} (name a file to score it anyway)")
         if self.other_files:
             notes.append(f"skipped {len(self.other_files)} file(s) without an image extension: "
                          f"{named(self.other_files)} (scored extensions: {', '.join(contract.IMAGE_EXTS)}; name a "
@@ -200,8 +209,9 @@ class Scan:
         return notes
 
 
-def scan_paths(paths: Iterable[str], exclude: Sequence[Path] = ()) -> Scan:
-    """The files to score, error lines and notes of ``paths`` (module docstring); ``exclude``: output folders."""
+def scan_paths(paths: Iterable[str], exclude: Mapping[Path, str] | None = None) -> Scan:
+    """The files to score, error lines and notes of ``paths`` (module docstring); ``exclude``: output folders
+    (-> what they are, for the note)."""
     scan = Scan(exclude)
     for text in paths:
         path = Path(text)
@@ -253,6 +263,16 @@ def prepare_heatmap_folder(folder: Path, paths: Sequence[str]) -> Path:
                                 f"folder") from err
     if not can_create_files(folder):
         raise ScoringSetupError(f"--heatmap {folder}: not writable; choose another folder")
+    return folder
+
+
+def check_thumbnails_folder(folder: Path, paths: Sequence[str]) -> Path:
+    """``--report``'s thumbnails folder, refused when it is or holds an input PATH (the report replaces
+    the thumbnails in it)."""
+    for text in paths:
+        if is_within(Path(text), folder):
+            raise ScoringSetupError(f"--report: its thumbnails folder {folder} is or holds the input {text}; choose "
+                                    f"another report name")
     return folder
 
 
@@ -320,7 +340,10 @@ def run(args: argparse.Namespace) -> int:
     labels = read_labels(Path(args.labels)) if args.labels else None
     check_not_labels([(o, p) for o, p in (("--out", args.out), ("--report", args.report)) if p], args.labels)
     heatmap_dir = prepare_heatmap_folder(Path(args.heatmap), args.paths) if args.heatmap else None
-    scan = scan_paths(args.paths, exclude=[heatmap_dir] if heatmap_dir else [])
+    outputs = {heatmap_dir: "--heatmap folder"} if heatmap_dir else {}
+    if args.report is not None:
+        outputs[check_thumbnails_folder(thumbnails_folder(args.report), args.paths)] = "--report thumbnails folder"
+    scan = scan_paths(args.paths, exclude=outputs)
     files, failures = scan.files, list(scan.errors)
     for message in failures:
         report_error(message)
