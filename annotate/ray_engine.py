@@ -58,11 +58,11 @@ from annotate.registry import component_record
 from annotate.types import Sample
 from annotate.writer import PartShardWriter
 from rsfiqa_core.components import Segmentation
+from rsfiqa_core.raycluster import INSTALL_HINT, connection_error, host_port
 from rsfiqa_core.timing import StageSeconds
 
 COLUMN = "item"
-CONNECT_TIMEOUT_S = 5.0
-RAY_EXTRA = "--engine ray needs Ray Data, an optional extra: pip install 'rsfiqa[ray]'"
+RAY_EXTRA = f"--engine ray needs Ray Data, an optional extra: {INSTALL_HINT}"
 
 
 def import_ray() -> Any:
@@ -238,13 +238,11 @@ def pool_size(requested: int | None, stages: Sequence[Stage], cluster: Mapping[s
 def check_reachable(address: str) -> None:
     """A quick TCP connect to ``HOST:PORT`` (or ``ray://HOST:PORT``), so an unreachable address fails
     in seconds with one line instead of Ray's long retries."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except ValueError:
-        raise AnnotateError(f"--ray-address {address}: expected auto or HOST:PORT (e.g. 10.0.0.1:6379)") from None
-    except OSError as err:
+    where = host_port(address)
+    if where is None:
+        raise AnnotateError(f"--ray-address {address}: expected auto or HOST:PORT (e.g. 10.0.0.1:6379)")
+    err = connection_error(*where)
+    if err is not None:
         raise AnnotateError(f"--ray-address {address}: cannot reach a Ray cluster there ({err}); start one with "
                             f"`ray start --head` (docs/SCALING.md) or check the address") from err
 

@@ -18,17 +18,15 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from rsfiqa.inference.scorer import Scored, Scorer, ScoringSetupError
+from rsfiqa_core.raycluster import INSTALL_HINT, connection_error, host_port
 from rsfiqa_core.usererrors import one_line
 
-INSTALL_HINT = "pip install 'rsfiqa[ray]'"
-PROBE_TIMEOUT_S = 5.0  # a cluster address that takes no connection within this is reported at once
 
 
 @dataclass(frozen=True)
@@ -89,16 +87,11 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def unreachable(address: str) -> str | None:
-    """Why ``HOST:PORT`` (or ``ray://HOST:PORT``) takes no TCP connection within :data:`PROBE_TIMEOUT_S`,
-    or None (also for ``auto`` and ``local``, which Ray resolves itself): Ray would retry for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return None
-    try:
-        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as err:
-        return f"{host}:{port}: {one_line(err)}"
-    return None
+    """Why ``HOST:PORT`` (or ``ray://HOST:PORT``) takes no TCP connection at once, or None (also for
+    ``auto`` and ``local``, which Ray resolves itself): Ray would retry for minutes."""
+    where = host_port(address)
+    err = connection_error(*where) if where is not None else None
+    return None if err is None else f"{where[0]}:{where[1]}: {one_line(err)}"
 
 
 def cluster_cpus() -> int:
